@@ -1,0 +1,66 @@
+"""Checkpoint files: atomic `torch.save` of tensors and plain containers, loaded with
+`weights_only=True`, plus capture/restore of every RNG a training loop draws from.
+
+A checkpoint is a dict; trainers decide its keys. This module knows nothing of Ray: the
+Ray adapters wrap the directory a checkpoint lives in.
+"""
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+def save_checkpoint(directory: str | os.PathLike, state: dict) -> Path:
+    """Write `state` to `<directory>/checkpoint.pt` atomically (never a half-written file)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / CHECKPOINT_FILE
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(directory: str | os.PathLike, map_location="cpu") -> dict:
+    """Read a checkpoint written by `save_checkpoint` (a directory or the file itself)."""
+    path = Path(directory)
+    if path.is_dir():
+        path = path / CHECKPOINT_FILE
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def rng_state() -> dict:
+    """Every RNG state a loop draws from, as tensors and plain containers."""
+    np_state = np.random.get_state()
+    state = {
+        "python": _to_plain(random.getstate()),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(_to_tuple(state["python"]))
+    np_state = state["numpy"]
+    np.random.set_state(("MT19937", np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
+                         np_state["has_gauss"], np_state["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _to_plain(obj):
+    return [_to_plain(o) for o in obj] if isinstance(obj, (tuple, list)) else obj
+
+
+def _to_tuple(obj):
+    return tuple(_to_tuple(o) for o in obj) if isinstance(obj, list) else obj
