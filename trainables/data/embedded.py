@@ -65,10 +65,13 @@ def embedded_root(cache_dir: str | os.PathLike | None = None, seed: int = 0) -> 
     return root
 
 
-def generate_embedded(out: str | os.PathLike, seed: int = 0, size: int = IMAGE_SIZE) -> Path:
-    """Write all 15 categories under `out`; the bytes depend only on (seed, size)."""
+def generate_embedded(out: str | os.PathLike, seed: int = 0, size: int = IMAGE_SIZE,
+                      categories: tuple[str, ...] | None = None) -> Path:
+    """Write the categories (default: all 15) under `out`; bytes depend only on (seed, size)."""
     out = Path(out)
     for index, (name, (kind, defects)) in enumerate(EMBEDDED_CATEGORIES.items()):
+        if categories is not None and name not in categories:
+            continue
         rng = np.random.default_rng([seed, index])
         style = _category_style(name, rng)
         for k in range(N_TRAIN):
