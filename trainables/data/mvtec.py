@@ -135,14 +135,14 @@ def load_category(root: str | os.PathLike, category: str, size: int,
     """Decode one category at `size`×`size`, once per (category, size, content)."""
     index = scan_category(root, category)
     key = (category, size, _content_hash(index))
-    if key in _MEMORY_CACHE:
-        return _MEMORY_CACHE[key]
     disk = Path(cache_dir) / f"{category}-{size}-{key[2][:16]}" if cache_dir else None
-    data = _read_disk_cache(disk, category, size) if disk and disk.is_dir() else None
+    data = _MEMORY_CACHE.get(key)
+    if data is None and disk and disk.is_dir():
+        data = _read_disk_cache(disk, category, size)
     if data is None:
         data = _decode(index, size)
-        if disk:
-            _write_disk_cache(disk, data)
+    if disk and not disk.is_dir():
+        _write_disk_cache(disk, data)
     _MEMORY_CACHE[key] = data
     return data
 
