@@ -1,0 +1,428 @@
+"""Training loop of the detector (Peng et al., Sensors 2024): config, presets, train_detector.
+
+`train_detector(cfg, report)` trains R, D (and F in `grad` mode) on synthetic anomalies of
+one category, then evaluates the test split (image/pixel AUROC and AP, AUPRO@0.3) and
+renders anomaly maps. It talks to the outside only through `report(metrics, checkpoint)`:
+once per `report_every` epochs during training, and once more with the test metrics and
+`"final": 1`. Checkpoints hold every piece of state (nets, F, optimizer, step, training
+seconds, RNG), and every batch is drawn from an RNG seeded by (seed, rank, step), so
+resuming reproduces an uninterrupted run bit for bit (without a `minutes` budget).
+
+The learning rate is a step function of training progress p ∈ [0, 1] (×lr_gamma at each
+`lr_milestones` fraction; the paper's 400/700 and 600/700 epochs by default). p is
+step/total_steps, or the spent fraction of the `minutes` budget when that is larger, so a
+wall-clock-limited run still decays its learning rate before it stops.
+Plain Python with world size 1; DDP (one process per device, sampling sharded by rank) when
+torch.distributed is initialised with more than one process. Only rank 0 evaluates.
+"""
+
+import copy
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F_
+
+from trainables.checkpoint import load_checkpoint, rng_state, set_rng_state
+from trainables.config import build_config, to_flat
+from trainables.detector.losses import DetectorLoss
+from trainables.detector.metrics import detection_metrics
+from trainables.detector.model import (DefectPredictor, EncoderFeatures, ReconstructionNet, VGGFeatures,
+                                       copy_parameters)
+from trainables.detector.synthesis import AnomalySynthesizer, SynthesisParams, build_source_pool
+from trainables.device import pick_device
+from trainables.errors import UserInputError
+
+Report = Callable[..., None]
+DF_DEFAULT_LAYERS = {"ae_encoder": (3, 4, 5), "vgg19": (1, 2, 3)}  # spec §4.3
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """Every knob of a detector run; defaults are the paper setting (preset `paper`)."""
+    # run identity
+    data: str = "embedded"                 # "embedded" or a folder in the MVTec AD layout
+    category: str = ""
+    seed: int = 0
+    preset: str = "paper"
+    device: str = "auto"                   # auto | cpu | cuda[:i]
+    resume: str | None = None              # checkpoint directory to resume from
+    # data and synthesis (paper §3.1, spec §4.1)
+    img_size: int = 256                    # px; a multiple of 32
+    anomaly_source: Literal["mvtec", "dtd", "mvtec_defects"] = "mvtec"
+    source_per_category: int = 0           # images per other category in the pool; 0 = all
+    dtd_root: str | None = None            # DTD folder for anomaly_source=dtd; absent = procedural bank
+    fg_aware: bool = True                  # masks only on the object's foreground
+    p_anom: float = 0.5                    # fraction of anomalous samples
+    opacity_range: tuple[float, ...] = (0.1, 1.0)  # blend opacity α ~ U(lo, hi)
+    perlin_scale_max: int = 5              # Perlin lattice 2^U{0..max} per axis
+    perlin_threshold: float = 0.5
+    n_augmenters: int = 3                  # of DRAEM's 10, without replacement
+    rot_p: float = 0.3                     # probability of rotating the normal image
+    rot_deg: float = 45.0                  # rotation U(−deg, deg)
+    # networks (paper §3.2, §3.3)
+    r_base: int = 128                      # width of R's first block (DRAEM: 128)
+    d_base: int = 64                       # width of D's first block (DRAEM: 64)
+    df: bool = True                        # deep-feature consistency loss (ablation 4.4.1)
+    df_update: Literal["copy", "grad"] = "copy"   # F by parameter copying or by gradient (4.4.3)
+    df_source: Literal["ae_encoder", "vgg19"] = "ae_encoder"  # F's architecture (spec §4.3 A or B)
+    df_layers: tuple[int, ...] = ()        # F levels in L_DF; () = (3, 4, 5) for ae_encoder, (1, 2, 3) for vgg19
+    df_copy_every: int = 1                 # copy R.encoder -> F every this many steps
+    df_normalize: bool = False             # divide each L_DF level by its mean squared target
+    weights_dir: str | None = None         # where vgg19 weights are looked up (plus the defaults)
+    lk: bool = True                        # large-kernel units in D (ablation 4.4.1)
+    lk_kernels: tuple[int, ...] = (31, 29, 27, 13)   # k at D's e3..e6 (RepLKNet-31B)
+    lk_small_kernel: int = 5
+    detach_reconstruction: bool = False    # True: no focal-loss gradient into R (DRAEM: False)
+    # objective (spec §4.5, mapping A)
+    w_l2: float = 1.0
+    w_ssim: float = 0.8
+    w_df: float = 0.2
+    w_focal: float = 1.0
+    ssim_window: int = 11
+    focal_gamma: float = 2.0
+    # optimisation (paper §4.1 via DRAEM)
+    epochs: int = 700                      # an epoch = as many samples as training images
+    steps_per_epoch: int = 0               # 0 = ceil(N_train / (batch_size · world_size))
+    batch_size: int = 8                    # per process
+    lr: float = 1e-4
+    lr_milestones: tuple[float, ...] = (4 / 7, 6 / 7)   # fractions of training (400/700, 600/700)
+    lr_gamma: float = 0.1
+    minutes: float | None = None           # wall-clock training budget; None = all epochs
+    # evaluation and reporting
+    score_kernel: int = 21                 # image score = max of the k×k mean-filtered map at 256 px; scaled
+    aupro_limit: float = 0.3
+    eval_batch_size: int = 16
+    eval_reparam: bool = True              # evaluate D with its large kernels fused
+    n_pictures: int = 6                    # test images in the anomaly-map picture
+    report_every: int = 1                  # epochs between reports
+    checkpoint_every: int = 1              # reports between checkpoints; 0 = only the final one
+
+    def validate(self) -> None:
+        if not self.category:
+            raise UserInputError("category: expected a category name (e.g. --category weave)")
+        if self.img_size < 32 or self.img_size % 32:
+            raise UserInputError(f"img_size={self.img_size}: expected a multiple of 32 (D pools 5 times)")
+        if len(self.opacity_range) != 2 or not 0 <= self.opacity_range[0] <= self.opacity_range[1] <= 1:
+            raise UserInputError(f"opacity_range={list(self.opacity_range)}: expected [lo, hi] with 0 <= lo <= hi <= 1")
+        if not 0 <= self.p_anom <= 1 or not 0 <= self.rot_p <= 1:
+            raise UserInputError("p_anom and rot_p: expected probabilities in [0, 1]")
+        if not 0 <= self.n_augmenters <= 10:
+            raise UserInputError(f"n_augmenters={self.n_augmenters}: expected 0..10")
+        bad_layers = [level for level in self.df_layers if level not in (1, 2, 3, 4, 5)]
+        if bad_layers:
+            raise UserInputError(f"df_layers={list(self.df_layers)}: expected levels in 1..5")
+        if self.lk and not 1 <= len(self.lk_kernels) <= 6:
+            raise UserInputError(f"lk_kernels={list(self.lk_kernels)}: expected 1 to 6 kernel sizes")
+        if any(k < 1 or k % 2 == 0 for k in self.lk_kernels) or self.lk_small_kernel % 2 == 0:
+            raise UserInputError(f"lk_kernels={list(self.lk_kernels)}, lk_small_kernel={self.lk_small_kernel}: "
+                                 "expected odd sizes")
+        positive = {"r_base": self.r_base, "d_base": self.d_base, "epochs": self.epochs,
+                    "batch_size": self.batch_size, "eval_batch_size": self.eval_batch_size,
+                    "report_every": self.report_every, "df_copy_every": self.df_copy_every,
+                    "ssim_window": self.ssim_window, "score_kernel": self.score_kernel}
+        for name, value in positive.items():
+            if value < 1:
+                raise UserInputError(f"{name}={value}: expected a positive integer")
+        if self.lr <= 0 or self.minutes is not None and self.minutes <= 0:
+            raise UserInputError("lr and minutes: expected positive numbers")
+        if any(not 0 < m < 1 for m in self.lr_milestones):
+            raise UserInputError(f"lr_milestones={list(self.lr_milestones)}: expected fractions in (0, 1)")
+
+    @property
+    def leaky(self) -> bool:
+        """The paper-literal source reads (other categories') test images."""
+        return self.anomaly_source == "mvtec_defects"
+
+
+# Presets: flat deltas on the defaults (= the paper setting).
+PRESETS: dict[str, dict] = {
+    "paper": {},
+    # a CPU laptop: 64 px, narrow nets, kernels of RepLKNet-31B clipped to each stage's reach
+    # (2·H−1 at 16, 8, 4, 2 px), a higher learning rate for a 5-minute budget.
+    "small": {"img_size": 64, "r_base": 16, "d_base": 16, "lk_kernels": (31, 15, 7, 3),
+              "lk_small_kernel": 5, "epochs": 150, "lr": 5e-4, "score_kernel": 21,
+              "report_every": 10, "checkpoint_every": 1, "n_pictures": 8},
+    # tests: seconds
+    "tiny": {"img_size": 32, "r_base": 4, "d_base": 4, "lk_kernels": (7, 5, 3, 1), "lk_small_kernel": 3,
+             "epochs": 2, "steps_per_epoch": 2, "batch_size": 4, "lr": 1e-3, "source_per_category": 2,
+             "eval_batch_size": 8, "n_pictures": 2},
+}
+
+
+def make_config(preset: str = "small", overrides: dict | None = None) -> DetectorConfig:
+    return build_config(DetectorConfig, PRESETS, preset, overrides)
+
+
+def synthesis_params(cfg: DetectorConfig) -> SynthesisParams:
+    return SynthesisParams(p_anom=cfg.p_anom, opacity_range=tuple(cfg.opacity_range),
+                           perlin_scale_max=cfg.perlin_scale_max, perlin_threshold=cfg.perlin_threshold,
+                           n_augmenters=cfg.n_augmenters, rot_p=cfg.rot_p, rot_deg=cfg.rot_deg,
+                           fg_aware=cfg.fg_aware)
+
+
+def df_layers(cfg: DetectorConfig) -> tuple[int, ...]:
+    return tuple(cfg.df_layers) or DF_DEFAULT_LAYERS[cfg.df_source]
+
+
+def build_networks(cfg: DetectorConfig, vgg_state: dict | None = None) -> nn.ModuleDict:
+    """R, D and (when df is on) F, initialised from torch's current RNG."""
+    nets = nn.ModuleDict({
+        "R": ReconstructionNet(cfg.r_base),
+        "D": DefectPredictor(cfg.d_base, tuple(cfg.lk_kernels) if cfg.lk else None, cfg.lk_small_kernel),
+    })
+    if not cfg.df:
+        return nets
+    if cfg.df_source == "vgg19":
+        F = VGGFeatures(df_layers(cfg))
+        F.features.load_state_dict(vgg_state)
+    else:
+        F = EncoderFeatures(cfg.r_base, df_layers(cfg))
+    if cfg.df_update == "copy":
+        F.requires_grad_(False)
+        if cfg.df_source == "ae_encoder":
+            copy_parameters(nets["R"].encoder, F.encoder)
+    nets["F"] = F
+    return nets
+
+
+def load_vgg_state(cfg: DetectorConfig) -> dict | None:
+    """VGG19 `features` weights for df_source=vgg19; WeightsUnavailable (a UserInputError) if absent."""
+    if not (cfg.df and cfg.df_source == "vgg19"):
+        return None
+    from trainables.weights import resolve_weights
+
+    state = torch.load(resolve_weights("vgg19", cfg.weights_dir), map_location="cpu", weights_only=True)
+    return {k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")
+            and int(k.split(".")[1]) <= max(VGGFeatures.taps_for(df_layers(cfg)))}
+
+
+def learning_rate(cfg: DetectorConfig, progress: float) -> float:
+    return cfg.lr * cfg.lr_gamma ** sum(progress >= m for m in cfg.lr_milestones)
+
+
+def score_kernel(cfg: DetectorConfig) -> int:
+    """The image-score mean filter, scaled from 256 px to img_size, odd."""
+    return max(1, round(cfg.score_kernel * cfg.img_size / 256)) // 2 * 2 + 1
+
+
+# fields whose change makes a checkpoint incompatible with a config
+_ARCHITECTURE = ("category", "img_size", "r_base", "d_base", "df", "df_update", "df_source", "df_layers",
+                 "lk", "lk_kernels", "lk_small_kernel", "batch_size")
+
+
+def train_detector(cfg: DetectorConfig, report: Report) -> dict:
+    """Train and evaluate one category; returns the final metrics (also reported)."""
+    from trainables.data import load_category, resolve_data
+
+    device = pick_device(cfg.device)
+    rank, world = _distributed()
+    root = resolve_data(cfg.data)
+    if cfg.category not in root.categories:
+        raise UserInputError(f"category={cfg.category!r}: not in {root.path}; expected one of {list(root.categories)}")
+    data = load_category(root.path, cfg.category, cfg.img_size)
+    pool = build_source_pool(cfg.anomaly_source, root, cfg.category, cfg.img_size, cfg.source_per_category,
+                             cfg.dtd_root, cfg.seed)
+    synth = AnomalySynthesizer(np.asarray(data.train), data.kind, pool, synthesis_params(cfg))
+
+    torch.manual_seed(cfg.seed)
+    nets = build_networks(cfg, load_vgg_state(cfg)).to(device)
+    R, D, F = nets["R"], nets["D"], nets["F"] if cfg.df else None
+    trained = [R, D] + ([F] if F is not None and cfg.df_update == "grad" else [])
+    optimizer = torch.optim.Adam([p for net in trained for p in net.parameters()], lr=cfg.lr)
+    loss_fn = DetectorLoss(cfg.w_l2, cfg.w_ssim, cfg.w_df, cfg.w_focal, cfg.ssim_window, cfg.focal_gamma,
+                           cfg.df_normalize)
+
+    step, train_seconds = 0, 0.0
+    if cfg.resume:
+        step, train_seconds = _restore(cfg, nets, optimizer)
+    R_t, D_t, F_t = (_ddp(net, device) if world > 1 and net in trained else net for net in (R, D, F))
+
+    steps_per_epoch = cfg.steps_per_epoch or math.ceil(len(data.train) / (cfg.batch_size * world))
+    total_steps = cfg.epochs * steps_per_epoch
+    budget = cfg.minutes * 60 if cfg.minutes else None
+    info = {"category": cfg.category, "dataset": root.dataset, "anomaly_source": cfg.anomaly_source,
+            "source_origin": pool.origin, "leaky": cfg.leaky}
+
+    def state(final: bool) -> dict:
+        return {"nets": nets.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                "train_seconds": train_seconds, "rng": rng_state(), "config": to_flat(cfg), "final": int(final)}
+
+    nets.train()
+    if F is not None and cfg.df_update == "copy":
+        F.eval()  # F runs on R's copied BN statistics
+    sums: dict[str, float] = {}
+    reports = 0
+    session_start, session_steps = time.perf_counter(), 0
+    seconds_before = train_seconds
+    while step < total_steps:
+        train_seconds = seconds_before + time.perf_counter() - session_start
+        if _stop(budget is not None and train_seconds >= budget, world, device):
+            break
+        progress = max(step / total_steps, train_seconds / budget if budget else 0.0)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(cfg, progress)
+        batch = synth.batch(np.random.default_rng([cfg.seed, rank, step]), cfg.batch_size)
+        terms = _train_step(cfg, batch, R_t, D_t, F_t, loss_fn, optimizer, device)
+        if F is not None and cfg.df_update == "copy" and cfg.df_source == "ae_encoder" \
+                and (step + 1) % cfg.df_copy_every == 0:
+            copy_parameters(R.encoder, F.encoder)
+        step += 1
+        session_steps += 1
+        for name, value in terms.items():
+            sums[name] = sums.get(name, 0.0) + value
+        sums["_n"] = sums.get("_n", 0) + 1
+        if step % (steps_per_epoch * cfg.report_every) == 0 and step < total_steps:
+            train_seconds = seconds_before + time.perf_counter() - session_start
+            metrics = _progress_metrics(cfg, sums, step, steps_per_epoch, world, train_seconds,
+                                        session_steps / (time.perf_counter() - session_start), optimizer)
+            reports += 1
+            keep = rank == 0 and cfg.checkpoint_every and reports % cfg.checkpoint_every == 0
+            report({**metrics, **info}, state(False) if keep else None)
+            sums = {}
+    train_seconds = seconds_before + time.perf_counter() - session_start
+    steps_per_s = session_steps / max(time.perf_counter() - session_start, 1e-9)
+    metrics = {**_progress_metrics(cfg, sums, step, steps_per_epoch, world, train_seconds, steps_per_s,
+                                   optimizer), **info, "final": 1}
+    if rank != 0:
+        report(metrics, None)
+        return metrics
+    eval_start = time.perf_counter()
+    results, pictures = evaluate(cfg, R, D, data, device)
+    metrics.update(results)
+    metrics["eval_seconds"] = round(time.perf_counter() - eval_start, 3)
+    report(metrics, {**state(True), "pictures": pictures})
+    return metrics
+
+
+def _train_step(cfg, batch, R, D, F, loss_fn, optimizer, device) -> dict[str, float]:
+    I, I_a, M = (torch.from_numpy(batch[k]).to(device) for k in ("I", "I_a", "M"))
+    I_r = R(I_a)
+    x = torch.cat([I_r.detach() if cfg.detach_reconstruction else I_r, I_a], dim=1)
+    P = torch.softmax(D(x), dim=1)
+    features_r = features_t = None
+    if F is not None:
+        features_r = F(I_r)  # F's weights are frozen in copy mode; the gradient still reaches I_r and R
+        with torch.no_grad():
+            features_t = F(I)
+    terms = loss_fn(I, I_r, P, M, features_r, features_t)
+    optimizer.zero_grad(set_to_none=True)
+    terms["total"].backward()
+    optimizer.step()
+    return {name: float(value.detach()) for name, value in terms.items()}
+
+
+def _progress_metrics(cfg, sums, step, steps_per_epoch, world, train_seconds, steps_per_s, optimizer) -> dict:
+    n = max(sums.get("_n", 0), 1)
+    out = {f"loss/{name}": value / n for name, value in sums.items() if name != "_n"}
+    out.update({"epoch": step / steps_per_epoch, "step": step, "kimg": step * cfg.batch_size * world / 1000,
+                "lr": optimizer.param_groups[0]["lr"], "train_seconds": round(train_seconds, 3),
+                "steps_per_s": round(steps_per_s, 3)})
+    return out
+
+
+@torch.no_grad()
+def evaluate(cfg: DetectorConfig, R: nn.Module, D: nn.Module, data, device) -> tuple[dict, dict]:
+    """Test-split metrics and the anomaly-map picture; the nets are left in train mode."""
+    R.eval()
+    D_eval = copy.deepcopy(D).eval()
+    if cfg.eval_reparam and cfg.lk:
+        D_eval.reparameterize()
+    k = score_kernel(cfg)
+    picks = picture_indices(data.test_types, cfg.n_pictures)
+    maps, scores, recon = [], [], {}
+    test = np.asarray(data.test)
+    for start in range(0, len(test), cfg.eval_batch_size):
+        I = torch.from_numpy(test[start:start + cfg.eval_batch_size]).to(device).permute(0, 3, 1, 2).float() / 255
+        I_r = R(I)
+        P = torch.softmax(D_eval(torch.cat([I_r, I], dim=1)), dim=1)[:, 1:]  # [N, 1, H, W]
+        scores.append(F_.avg_pool2d(P, k, stride=1, padding=k // 2).amax(dim=(1, 2, 3)).cpu())
+        maps.append(P[:, 0].cpu())
+        for j in range(len(I)):
+            if start + j in picks:
+                recon[start + j] = I_r[j].clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+    R.train()
+    maps_np = torch.cat(maps).numpy() if maps else np.zeros((0, cfg.img_size, cfg.img_size), np.float32)
+    scores_np = torch.cat(scores).numpy() if scores else np.zeros(0, np.float32)
+    metrics = detection_metrics(data.test_labels, scores_np, np.asarray(data.test_masks), maps_np, cfg.aupro_limit)
+    rows = [[test[i], _to_uint8(recon[i]), heatmap(maps_np[i]), np.repeat(data.test_masks[i][..., None] * 255, 3, 2)]
+            for i in picks]
+    pictures = {}
+    if rows:
+        from trainables.pictures import grid
+
+        zoom = max(1, 128 // cfg.img_size)
+        cells = [np.repeat(np.repeat(c, zoom, 0), zoom, 1) for row in rows for c in row]
+        pictures["anomaly_maps"] = torch.from_numpy(grid(cells, ncols=4))
+    return metrics, pictures
+
+
+def picture_indices(test_types: tuple[str, ...], n: int) -> list[int]:
+    """Defective test images taken round-robin over the defect types, plus one good image."""
+    by_type: dict[str, list[int]] = {}
+    for i, t in enumerate(test_types):
+        by_type.setdefault(t, []).append(i)
+    good = by_type.pop("good", [])
+    queues = [by_type[t] for t in sorted(by_type)]
+    ordered = [q[r] for r in range(max(map(len, queues), default=0)) for q in queues if r < len(q)]
+    picks = ordered[:max(n - 1, 0)] + good[:1] if good else ordered[:n]
+    return sorted(picks[:n])
+
+
+def heatmap(p: np.ndarray) -> np.ndarray:
+    """A [0, 1] map as an RGB heat image (black, purple, red, yellow, white). uint8 [H, W, 3]"""
+    anchors = np.array([[0, 0, 0], [90, 20, 140], [220, 40, 40], [250, 210, 40], [255, 255, 255]], np.float64)
+    t = np.clip(p, 0, 1) * (len(anchors) - 1)
+    i = np.minimum(t.astype(int), len(anchors) - 2)
+    f = (t - i)[..., None]
+    return (anchors[i] * (1 - f) + anchors[i + 1] * f).astype(np.uint8)
+
+
+def _to_uint8(x: np.ndarray) -> np.ndarray:
+    return (np.clip(x, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def _restore(cfg: DetectorConfig, nets: nn.ModuleDict, optimizer) -> tuple[int, float]:
+    try:
+        ckpt = load_checkpoint(cfg.resume)
+    except FileNotFoundError:
+        raise UserInputError(f"resume={cfg.resume}: no checkpoint.pt there") from None
+    saved = ckpt["config"]
+    mine = to_flat(cfg)
+    changed = [k for k in _ARCHITECTURE if saved.get(k) != mine[k]]
+    if changed:
+        raise UserInputError(f"resume={cfg.resume}: the checkpoint was trained with different {changed}; "
+                             f"expected the same values as the run being resumed")
+    nets.load_state_dict(ckpt["nets"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    set_rng_state(ckpt["rng"])
+    return int(ckpt["step"]), float(ckpt["train_seconds"])
+
+
+def _distributed() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _ddp(net: nn.Module, device: torch.device) -> nn.Module:
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def _stop(local: bool, world: int, device: torch.device) -> bool:
+    """Every rank stops together: the budget check of any rank counts for all."""
+    if world == 1:
+        return local
+    import torch.distributed as dist
+
+    flag = torch.tensor([float(local)], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
