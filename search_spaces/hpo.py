@@ -1,0 +1,70 @@
+"""Hyper-parameter search for the detector: Optuna (Ray Tune's OptunaSearch) with ASHA.
+
+One study per category: OptunaSearch rejects `grid_search` axes (specs/platform.md §2.5), and
+a category is not a hyper-parameter to optimise but a separate problem. Each study samples the
+learning rate and the loss weights λ1 (L2), λ2 (SSIM) and λ3 (L_DF, the deep-feature term)
+around a template trial (the full model, Table 4 row 7, unless `variant` says otherwise).
+
+Optuna maximises the final `image_AUROC`; ASHA stops weak trials early on the segmentation
+(focal) loss, the only signal every epoch's report carries, and unweighted so trials with
+different λ stay comparable. ASHA belongs here only: an ablation table needs every cell.
+Caveat: the detector has no validation split, so the objective is measured on the test split
+and the best trial's number is optimistic; use it to choose settings, not to report results.
+"""
+
+from search_spaces.ablation import PAPER_ROWS, Variant
+from search_spaces.base import (Phase, Search, SweepPlan, TrialSpec, check_extra, dataset_info,
+                                pick_categories, trainer_config, validate_plan)
+from trainables.errors import UserInputError
+
+# field -> (distribution, low, high)
+SPACE: dict[str, tuple[str, float, float]] = {
+    "lr": ("loguniform", 1e-5, 3e-3),
+    "w_l2": ("uniform", 0.5, 2.0),
+    "w_ssim": ("uniform", 0.2, 2.0),
+    "w_df": ("loguniform", 0.02, 1.0),
+}
+METRIC, MODE = "image_AUROC", "max"
+ASHA_METRIC, ASHA_MODE = "loss/focal", "min"
+DISTRIBUTIONS = ("uniform", "loguniform")
+
+
+def build(data: str = "embedded", categories=None, samples: int = 8, row: int = 7, preset: str = "small",
+          space: dict | None = None, extra: dict | None = None, grace_period: int = 1) -> SweepPlan:
+    """One Optuna study (phase) per category; validated (UserInputError)."""
+    info = dataset_info(data)
+    categories = pick_categories(info, categories)
+    space = dict(SPACE if space is None else space)
+    _check_space(space)
+    extra = check_extra(extra, tuple(space) + ("anomaly_source", "df", "lk", "df_update"))
+    if samples < 1:
+        raise UserInputError(f"--samples {samples}: expected at least 1 trial per study")
+    if row not in PAPER_ROWS or PAPER_ROWS[row][0] is None:
+        raise UserInputError(f"--rows {row}: expected one runnable Table 4 row as the template")
+    variant: Variant = PAPER_ROWS[row][0]
+    if not variant.df and "w_df" in space:
+        del space["w_df"]  # no deep-feature term to weigh
+    search = Search(space=space, metric=METRIC, mode=MODE, num_samples=samples, asha_metric=ASHA_METRIC,
+                    asha_mode=ASHA_MODE, grace_period=grace_period)
+    phases = []
+    for category in categories:
+        template = TrialSpec(method="detector", name=f"{category}-{variant.slug}-hpo", group=variant.slug,
+                             category=category, seed=0, params={**variant.params, "paper_row": row},
+                             overrides={**extra, **variant.overrides, "category": category, "seed": 0})
+        phases.append(Phase(f"hpo-{category}", (template,), search))
+    options = {"categories": list(categories), "samples": samples, "row": row, "space": space, "set": extra}
+    plan = SweepPlan("hpo", preset, data, info.dataset, options, tuple(phases),
+                     ("hpo optimises a test-split metric (no validation split): choose settings with it, "
+                      "report ablation sweeps",))
+    validate_plan(plan)
+    trainer_config(preset, data, phases[0].trials[0], **{name: low for name, (_, low, _) in space.items()})
+    return plan
+
+
+def _check_space(space: dict) -> None:
+    for name, spec in space.items():
+        if len(spec) != 3 or spec[0] not in DISTRIBUTIONS:
+            raise UserInputError(f"hpo space {name}={spec}: expected (one of {DISTRIBUTIONS}, low, high)")
+        _, low, high = spec
+        if not low < high or spec[0] == "loguniform" and low <= 0:
+            raise UserInputError(f"hpo space {name}: expected 0 < low < high (low > 0 for loguniform)")

@@ -1,0 +1,204 @@
+"""Ray adapter: runs a trainer entry point inside a Ray Tune function trial.
+
+`run_trial(config)` is the one function trainable every sweep hands to Tune. The trainer loop
+is the same plain function in both paths below; only its `report` callable differs.
+
+- One worker (the common case: a CPU, a GPU or a fraction of one per trial): the loop runs
+  directly in the Tune trial actor. Each report becomes `tune.report`, with a
+  `tune.Checkpoint` when the loop passes a checkpoint; a restarted trial resumes from
+  `tune.get_checkpoint()`. No nested Train run, so no per-trial worker-group start-up
+  (about 20 s a trial on 2 cores, specs/platform.md §5).
+- Several workers: the trial builds a Train V2 `TorchTrainer` (N workers, CPU or GPU, torch
+  DDP process group; the loop shards and wraps its nets itself) with `TuneReportCallback`
+  forwarding rank 0's reports to Tune, a run name derived from the trial id (no timestamp,
+  so a restarted trial resumes its Train run), finite failure limits (an unfinite
+  `controller_failure_limit` turns a worker-startup deadlock into an endless retry), and
+  rank-0 checkpoints; a restarted worker group resumes from `ray.train.get_checkpoint()`.
+
+Checkpoint dicts are persisted with `trainables.checkpoint.save_checkpoint` into a temporary
+folder, plus `pictures/*.png` when the dict carries pictures, and that folder is handed to Ray,
+which copies it to the sweep's storage. Every report also carries `trainer_s` (seconds spent in
+the loop, excluding time inside `report`) and `report_s` (time persisting reports), so the
+driver can measure per-trial overhead. This module never imports `platform` (it runs on
+workers) and imports Ray lazily, so the trainer registry is usable without Ray.
+"""
+
+import contextlib
+import importlib
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from trainables.checkpoint import save_checkpoint
+from trainables.errors import UserInputError
+from trainables.pictures import save_pictures
+
+# method -> (module, entry point); the module also exposes `make_config(preset, overrides)`
+# (or `make_<method>_config` when it holds several trainers)
+METHODS: dict[str, tuple[str, str]] = {
+    "detector": ("trainables.detector.train", "train_detector"),
+    "gan_stage1": ("trainables.gan", "train_gan_stage1"),
+    "gan_stage2": ("trainables.gan", "train_gan_stage2"),
+    "classifier": ("trainables.gan", "train_classifier"),
+}
+
+
+def load_method(method: str) -> tuple[Callable, Callable]:
+    """(entry point, make_config) of a method; UserInputError if its module is not there."""
+    if method not in METHODS:
+        raise UserInputError(f"method={method!r}: expected one of {sorted(METHODS)}")
+    module_name, entry = METHODS[method]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name and module_name.startswith(error.name):
+            raise UserInputError(f"method {method}: its trainer module {module_name} is not in this "
+                                 f"checkout") from None
+        raise
+    make_config = getattr(module, f"make_{method}_config", None) or module.make_config
+    return getattr(module, entry), make_config
+
+
+def trial_config(method: str, preset: str, overrides: dict, *, workers: int = 1, cpus_per_worker: float = 1,
+                 gpus_per_worker: float = 0, train_storage: str | None = None, max_failures: int = 1,
+                 controller_failure_limit: int = 1) -> dict:
+    """The Tune config of one trial: what `run_trial` needs, as plain JSON-able values."""
+    assert workers >= 1 and max_failures >= 0 and controller_failure_limit >= 0
+    return {"method": method, "preset": preset, "overrides": dict(overrides), "workers": workers,
+            "cpus_per_worker": cpus_per_worker, "gpus_per_worker": gpus_per_worker,
+            "train_storage": train_storage, "max_failures": max_failures,
+            "controller_failure_limit": controller_failure_limit}
+
+
+def run_trial(config: dict) -> None:
+    """The Tune function trainable: `config["trial"]` from `trial_config`, plus sampled values
+    under `config["search"]` (HPO) that override the trainer's fields."""
+    _quiet_checkpoint_logs()
+    trial = config["trial"]
+    if trial["workers"] == 1:
+        _run_direct(trial, config.get("search") or {})
+    else:
+        _run_nested(trial, config.get("search") or {})
+
+
+# ---------------------------------------------------------------- one worker: directly in the trial
+
+def _run_direct(trial: dict, sampled: dict) -> None:
+    from ray import tune
+
+    entry, make_config = load_method(trial["method"])
+
+    def report(metrics: dict, checkpoint: dict | None = None) -> None:
+        with timer.report(metrics) as stamped:
+            if checkpoint is None:
+                tune.report(stamped)
+                return
+            with tempfile.TemporaryDirectory(prefix="ckpt-") as folder:
+                _persist(checkpoint, folder)
+                tune.report(stamped, checkpoint=tune.Checkpoint.from_directory(folder))
+
+    with _as_directory(tune.get_checkpoint()) as resume:
+        cfg = make_config(trial["preset"], {**trial["overrides"], **sampled, "resume": resume})
+        timer = _Timer()
+        entry(cfg, report)
+
+
+# ---------------------------------------------------------------- several workers: a nested TorchTrainer
+
+def _run_nested(trial: dict, sampled: dict) -> None:
+    import ray.train
+    from ray import tune
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    assert trial["train_storage"], "a multi-worker trial needs the sweep's shared storage"
+    gpus = trial["gpus_per_worker"]
+    resources = {"CPU": trial["cpus_per_worker"], **({"GPU": gpus} if gpus else {})}
+    trial_id = tune.get_context().get_trial_id()
+    trainer = TorchTrainer(
+        _train_worker,
+        train_loop_config={"trial": trial, "sampled": sampled},
+        scaling_config=ray.train.ScalingConfig(num_workers=trial["workers"], use_gpu=gpus > 0,
+                                               resources_per_worker=resources),
+        run_config=ray.train.RunConfig(
+            name=f"train-{trial_id}",   # stable across trial restarts: Train resumes its run
+            storage_path=trial["train_storage"],
+            failure_config=ray.train.FailureConfig(max_failures=trial["max_failures"],
+                                                   controller_failure_limit=trial["controller_failure_limit"]),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            callbacks=[TuneReportCallback()]),
+    )
+    trainer.fit()
+
+
+def _train_worker(loop_config: dict) -> None:
+    """Per-worker loop of the nested path (every rank calls report; rank 0 checkpoints)."""
+    import ray.train
+    import ray.train.torch
+
+    _quiet_checkpoint_logs()
+    trial, sampled = loop_config["trial"], loop_config["sampled"]
+    entry, make_config = load_method(trial["method"])
+    rank = ray.train.get_context().get_world_rank()
+
+    def report(metrics: dict, checkpoint: dict | None = None) -> None:
+        with timer.report(metrics) as stamped:
+            if checkpoint is None or rank != 0:
+                ray.train.report(stamped)
+                return
+            with tempfile.TemporaryDirectory(prefix="ckpt-") as folder:
+                _persist(checkpoint, folder)
+                ray.train.report(stamped, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+    device = ray.train.torch.get_device()  # this rank's GPU, or cpu
+    with _as_directory(ray.train.get_checkpoint()) as resume:
+        cfg = make_config(trial["preset"], {**trial["overrides"], **sampled, "resume": resume,
+                                            "device": str(device)})
+        timer = _Timer()
+        entry(cfg, report)
+
+
+# ---------------------------------------------------------------- shared pieces
+
+def _quiet_checkpoint_logs() -> None:
+    """Ray logs INFO lines per report and per persisted checkpoint on every worker, forwarded
+    to the sweep's console: a flood of one line per epoch and rank on a 300-trial sweep."""
+    for name in ("ray.train._internal.storage", "ray.train.v2._internal.execution.storage",
+                 "ray.train.v2._internal.execution.context"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _persist(checkpoint: dict, folder: str) -> None:
+    save_checkpoint(folder, checkpoint)
+    if checkpoint.get("pictures"):
+        save_pictures(checkpoint["pictures"], Path(folder) / "pictures")
+
+
+@contextlib.contextmanager
+def _as_directory(checkpoint):
+    """A local folder holding a Ray checkpoint for the whole block (None without one)."""
+    if checkpoint is None:
+        yield None
+        return
+    with checkpoint.as_directory() as folder:
+        yield str(folder)
+
+
+class _Timer:
+    """Seconds spent in the trainer loop, excluding the time inside its `report` calls."""
+
+    def __init__(self):
+        self.start = time.perf_counter()
+        self.report_s = 0.0
+
+    @contextlib.contextmanager
+    def report(self, metrics: dict[str, Any]):
+        """Yields `metrics` stamped with `trainer_s` and `report_s` so far; times the block."""
+        began = time.perf_counter()
+        try:
+            yield {**metrics, "trainer_s": round(began - self.start - self.report_s, 3),
+                   "report_s": round(self.report_s, 3)}
+        finally:
+            self.report_s += time.perf_counter() - began
