@@ -204,9 +204,13 @@ def start(args) -> dict:
         state["process_groups"].append(ray_start(head_args(args, {"CPU": args.head_cpus}), env, log))
         write_state(temp_dir, state)
         worker = {"CPU": args.worker_cpus, "GPU": args.worker_gpus, **json.loads(args.worker_resources)}
-        for _ in range(args.workers):
+        for k in range(1, args.workers + 1):
+            # Each worker node gets a temp dir of its own: nodes sharing one session dir share
+            # `runtime_resources/`, and a worker's runtime-env agent then deletes the job's
+            # unpacked --working-dir (the head driver's cwd) when its own trials finish.
+            node_dir = temp_dir / f"w{k}"
             state["process_groups"].append(ray_start(
-                [f"--address={gcs_address}", f"--temp-dir={temp_dir}", *node_args(args, worker)], env, log))
+                [f"--address={gcs_address}", f"--temp-dir={node_dir}", *node_args(args, worker)], env, log))
             write_state(temp_dir, state)
         wait_for_nodes(state["dashboard"], read_token(env, state["token_path"]), 1 + args.workers,
                        args.timeout, temp_dir / "session_latest" / "logs")
@@ -252,8 +256,8 @@ def prepare_temp_dir(args) -> Path:
         raise ClusterError(f"a cluster from this script may still run in {temp_dir}: "
                            f"`cluster/local.py stop --temp-dir {temp_dir}` first")
     # Unix socket paths under the temp dir must stay below ~107 bytes.
-    if len(str(temp_dir)) > 40:
-        raise ClusterError(f"--temp-dir {temp_dir}: use a path of at most 40 characters "
+    if len(str(temp_dir)) > 36:
+        raise ClusterError(f"--temp-dir {temp_dir}: use a path of at most 36 characters "
                            f"(Ray's unix sockets live under it)")
     temp_dir.mkdir(parents=True, exist_ok=True)
     args.temp_dir = str(temp_dir)
