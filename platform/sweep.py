@@ -272,18 +272,23 @@ class Sweep:
                                           self._parent_params(), self.record())
             print(f"MLflow parent run {parent} in {self.tracking_uri} (experiment {self.experiment})")
             began = time.monotonic()
-            failed = self._run_phases(resources, parent, configs)
+            failed, slot_seconds = self._run_phases(resources, parent, configs)
             wall = time.monotonic() - began
             built = tables.build_and_log(self.tracking_uri, parent, out_dir=Path(self.storage_local) / "tables"
                                          if self.storage_local else None)
-            tracking.close_parent(self.tracking_uri, parent, failed, {"sweep_wall_s": round(wall, 1),
-                                                                      "failed_trials": failed})
+            timing = overhead_summary(self.tracking_uri, parent, slot_seconds)
+            tracking.close_parent(self.tracking_uri, parent, failed,
+                                  {"sweep_wall_s": round(wall, 1), "failed_trials": failed, **timing})
         finally:
             if started_ray:
                 ray.shutdown()
         print(tables.summary_text(built))
         print(f"sweep {self.sweep_id}: {self.plan.n_runs - failed}/{self.plan.n_runs} trials finished in "
               f"{_duration(wall)}" + (f"; {failed} FAILED (rerun the same command to retry them)" if failed else ""))
+        if "overhead_s_mean" in timing:
+            print(f"per-trial overhead: {timing['overhead_s_mean']:.1f} s inside a trial (its wall time minus the "
+                  f"trainer's own {timing['trainer_s_mean']:.1f} s, mean); {timing['overhead_amortized_s']:.1f} s "
+                  f"amortized (trial slots x phase wall time minus trainer time, per trial)")
         print(open_ui_hint(self.tracking_uri))
         return 1 if failed else 0
 
@@ -323,13 +328,16 @@ class Sweep:
         print(f"concurrency: {shown} trials at once ({_fmt(resources.need())} each; cluster {_fmt(cluster)})")
         return resources
 
-    def _run_phases(self, resources: Resources, parent: str, configs: dict) -> int:
+    def _run_phases(self, resources: Resources, parent: str, configs: dict) -> tuple[int, float]:
+        """Run every phase; returns (failed trials, trial-slot seconds = slots x phase wall time)."""
+        import ray
+
         from platform import tracking
 
         provenance = {"preset": self.plan.preset, "dataset": self.plan.dataset, "data": self.plan.data,
                       **tracking.provenance()}
         done_checkpoints: dict[str, str] = {}
-        failed = 0
+        failed, slot_seconds = 0, 0.0
         for phase in self.plan.phases:
             trials = [_with_dependency(t, done_checkpoints) for t in phase.trials]
             runnable = [t for t in trials if t is not None]
@@ -342,7 +350,10 @@ class Sweep:
             trial_info = {t.name: {"params": dict(t.params), "config": configs[t.name]} for t in runnable}
             callback = tracking.MLflowTrialCallback(self.tracking_uri, parent, trial_info, provenance, self.storage,
                                                     total=phase.search.num_samples if phase.search else len(runnable))
+            began = time.monotonic()
             results = run_phase(self, phase, runnable, resources, callback)
+            slots = resources.max_concurrent or max(1, resources.fits(ray.cluster_resources()))
+            slot_seconds += min(slots, len(results)) * (time.monotonic() - began)
             for result in results:
                 name = result.config["trial"]["name"]
                 if result.error is not None:
@@ -351,7 +362,24 @@ class Sweep:
                 path = _checkpoint_path(result)
                 if path:
                     done_checkpoints[name] = path
-        return failed
+        return failed, slot_seconds
+
+
+def overhead_summary(tracking_uri: str, parent: str, slot_seconds: float) -> dict[str, float]:
+    """Per-trial overhead figures from the children's timings (see the tracking callback)."""
+    from platform import tracking
+
+    runs = [r for r in tracking.children(tracking_uri, parent) if "trainer_s" in r.data.metrics]
+    if not runs:
+        return {}
+    trainer = [r.data.metrics["trainer_s"] for r in runs]
+    inside = [r.data.metrics["overhead_s"] for r in runs if "overhead_s" in r.data.metrics]
+    out = {"trainer_s_mean": round(sum(trainer) / len(trainer), 3), "trainer_s_total": round(sum(trainer), 3)}
+    if inside:
+        out["overhead_s_mean"] = round(sum(inside) / len(inside), 3)
+    if slot_seconds:
+        out["overhead_amortized_s"] = round(max(0.0, slot_seconds - sum(trainer)) / len(runs), 3)
+    return out
 
 
 def run_phase(sweep: Sweep, phase, trials: list[TrialSpec], resources: Resources, callback):
@@ -369,7 +397,10 @@ def run_phase(sweep: Sweep, phase, trials: list[TrialSpec], resources: Resources
     trainable = tune.with_resources(run_trial, resources.trial_bundle())
     if phase.search is None:
         param_space = {"trial": tune.grid_search(configs)}
+        # reusing trial actors keeps torch imported and the decoded data cached across trials
+        # (a fresh actor costs seconds per trial); loops seed themselves from their config
         tune_config = tune.TuneConfig(max_concurrent_trials=resources.max_concurrent,
+                                      reuse_actors=not resources.nested,
                                       trial_name_creator=_trial_name, trial_dirname_creator=_trial_name)
     else:
         param_space, tune_config = _search_setup(phase.search, configs[0], resources, sweep)
@@ -446,6 +477,9 @@ def connect_ray(resources: Resources) -> bool:
     import ray
 
     _quiet_tune()
+    if ray.is_initialized():  # a caller (a notebook, a test) already connected this process
+        print(f"using this process's Ray connection ({_fmt(ray.cluster_resources())})")
+        return False
     address = os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, logging_level="WARNING")

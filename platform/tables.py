@@ -76,6 +76,7 @@ def build_and_log(tracking_uri: str, parent_run_id: str, out_dir: Path | None = 
     trials = [_trial(run) for run in tracking.children(tracking_uri, parent_run_id)]
     built = build(parent.data.tags.get("sweep_kind", "ablation"), trials, parent.data.tags.get("dataset", "?"))
     version = next_version(client, parent_run_id)
+    _forget_logged_tables(client, parent)
     for table in built:
         client.log_table(parent_run_id, data=table.frame.reset_index(), artifact_file=f"tables/v{version}/{table.name}.json")
         client.log_text(parent_run_id, table.markdown(), f"tables/v{version}/{table.name}.md")
@@ -107,6 +108,19 @@ def summary_text(tables: list[Table]) -> str:
     first = {"ablation_summary", "ablation_image_AUROC", "classification_accuracy", "hpo_best"}
     shown = [t for t in tables if t.name in first or t.name.startswith("dfmgan_")]
     return "\n".join(t.markdown() for t in (shown or tables))
+
+
+def _forget_logged_tables(client, parent) -> None:
+    """Drop earlier versions from the tag `mlflow.loggedArtifacts`, which `log_table` extends with
+    every table it writes and which the store caps at 8,000 characters: a few rebuilds of a
+    sweep's 27 tables would otherwise fail. The files of earlier versions stay."""
+    import json
+
+    key = "mlflow.loggedArtifacts"
+    logged = json.loads(parent.data.tags.get(key, "[]"))
+    kept = [entry for entry in logged if not str(entry.get("path", "")).startswith("tables/v")]
+    if len(kept) != len(logged):
+        client.set_tag(parent.info.run_id, key, json.dumps(kept))
 
 
 def next_version(client, run_id: str) -> int:

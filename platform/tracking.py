@@ -70,7 +70,9 @@ def experiment_id(tracking_uri: str, name: str) -> str:
 
 
 def find_parent(tracking_uri: str, sweep_id: str):
-    """The parent run of a sweep in any experiment, or None."""
+    """The parent run of a sweep in any experiment, or None (never creates a SQLite file)."""
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).exists():
+        return None
     mlflow_client = client(tracking_uri)
     experiments = [e.experiment_id for e in mlflow_client.search_experiments()]
     runs = mlflow_client.search_runs(experiments, f"tags.{SWEEP_ID_TAG} = '{sweep_id}' "
@@ -198,7 +200,8 @@ class MLflowTrialCallback(Callback):
         if time.monotonic() - self._last_status > STATUS_EVERY_S:
             self._last_status = time.monotonic()
             running = [t for t in trials if t.status == "RUNNING"]
-            shown = ", ".join(f"{t.config['trial']['name']} {_progress(t.last_result)}" for t in running[:4])
+            shown = ", ".join(f"{t.config['trial']['name']} {_progress(result if t is trial else t.last_result)}"
+                              for t in running[:4])
             print(f"[{self._finished(trials)}/{self.total}] running {len(running)}: {shown}"
                   f"{', ...' if len(running) > 4 else ''}", flush=True)
 

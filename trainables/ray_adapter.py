@@ -36,7 +36,7 @@ from trainables.errors import UserInputError
 from trainables.pictures import save_pictures
 
 # method -> (module, entry point); the module also exposes `make_config(preset, overrides)`
-# (or `make_<method>_config` when it holds several trainers)
+# (or `make_<name>_config` for an entry point `train_<name>`, when it holds several trainers)
 METHODS: dict[str, tuple[str, str]] = {
     "detector": ("trainables.detector.train", "train_detector"),
     "gan_stage1": ("trainables.gan", "train_gan_stage1"),
@@ -46,10 +46,14 @@ METHODS: dict[str, tuple[str, str]] = {
 
 
 def load_method(method: str) -> tuple[Callable, Callable]:
-    """(entry point, make_config) of a method; UserInputError if its module is not there."""
-    if method not in METHODS:
-        raise UserInputError(f"method={method!r}: expected one of {sorted(METHODS)}")
-    module_name, entry = METHODS[method]
+    """(entry point, make_config) of a method: a METHODS key, or `package.module:function` for a
+    trainer outside the registry; UserInputError if its module is not there."""
+    if ":" in method:
+        module_name, entry = method.split(":", 1)
+    elif method in METHODS:
+        module_name, entry = METHODS[method]
+    else:
+        raise UserInputError(f"method={method!r}: expected one of {sorted(METHODS)} or module:function")
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as error:
@@ -57,7 +61,7 @@ def load_method(method: str) -> tuple[Callable, Callable]:
             raise UserInputError(f"method {method}: its trainer module {module_name} is not in this "
                                  f"checkout") from None
         raise
-    make_config = getattr(module, f"make_{method}_config", None) or module.make_config
+    make_config = getattr(module, f"make_{entry.removeprefix('train_')}_config", None) or module.make_config
     return getattr(module, entry), make_config
 
 

@@ -1,0 +1,90 @@
+"""The sweep CLI without Ray: dry runs, bad input, sweep ids."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import search_spaces
+from platform import sweep
+from platform.cli import run_main
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_dry_run_of_the_full_paper_setting_starts_nothing(tmp_path, capsys):
+    import ray
+
+    db = tmp_path / "mlflow.db"
+    code = sweep.main(["ablation", "--data", "embedded", "--grid", "paper-rows", "--seeds", "3", "--preset", "paper",
+                       "--gpus-per-trial", "1", "--dry-run", "--storage", str(tmp_path / "storage"),
+                       "--tracking-uri", f"sqlite:///{db}"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert not ray.is_initialized() and not db.exists() and not (tmp_path / "storage").exists()
+    lines = out.splitlines()
+    assert lines[0].startswith("sweep ablation-paper-rows-paper-") and "315 trials" in lines[0]
+    listed = [line for line in lines if line.strip()[:1].isdigit() and "-s" in line]
+    assert len(listed) == 315 and "lens-df_grad-lk-src_mvtec-s2" in listed[-1]
+    assert "1 worker (1 CPU, 1 GPU)" in out
+    cost = next(line for line in lines if line.startswith("estimated cost:"))
+    assert "trial-hours" in cost and "GPU-hours" in cost
+    # 15 categories x 7 rows x 3 seeds x 700 epochs x 10 steps x 0.35 s + 120 s each
+    assert f"{315 * (700 * 10 * 0.35 + 120) / 3600:.2f} trial-hours" in cost
+
+
+def test_dry_run_of_a_nested_sweep_prints_its_resources(capsys):
+    assert sweep.main(["ablation", "--categories", "weave", "--rows", "7", "--preset", "tiny",
+                       "--workers-per-trial", "2", "--gpus-per-trial", "2", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "2 Train workers x (1 CPU, 1 GPU) + a 0.1-CPU trial driver (nested TorchTrainer, DDP)" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["ablation", "--categories", "carpet"], "--categories carpet: not in dataset 'embedded'"),
+    (["ablation", "--rows", "1"], "--rows 1: row 1 is DRAEM's published result"),
+    (["ablation", "--set", "epochs=many"], "epochs='many': expected int"),
+    (["ablation", "--workers-per-trial", "2", "--gpus-per-trial", "1"], "fractional GPUs only work with 1 worker"),
+    (["ablation", "--data", "/nonexistent"], "/nonexistent: no such directory"),
+    (["hpo", "--seeds", "2"], "--seeds 2: hpo runs one seed per study"),
+    (["ablation", "--resume", "ablation-paper-rows-tiny-00000000"], "no such sweep"),
+])
+def test_bad_input_is_one_line_exit_2_and_no_mlflow_run(tmp_path, capsys, argv, message):
+    import ray
+
+    db = tmp_path / "mlflow.db"
+    with pytest.raises(SystemExit) as exit_:
+        run_main(sweep.main, [*argv, "--storage", str(tmp_path / "s"), "--tracking-uri", f"sqlite:///{db}"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2
+    assert err.count("\n") == 1 and err.startswith("error: ") and message in err
+    assert not db.exists() and not (tmp_path / "s").exists() and not ray.is_initialized()
+
+
+def test_bad_input_from_the_real_command_line(tmp_path):
+    db = tmp_path / "mlflow.db"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{db}"}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run([sys.executable, "-m", "platform.sweep", "ablation", "--categories", "weave", "nope"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith("error: --categories nope: not in dataset 'embedded'") and not db.exists()
+
+
+def test_sweep_id_is_a_deterministic_function_of_the_options():
+    def sweep_id(**options):
+        return sweep.make_sweep_id(search_spaces.build("ablation", preset="tiny", **options))
+
+    first = sweep_id(categories=["weave", "bolt"], rows=[2, 7])
+    assert first == sweep_id(categories=["weave", "bolt"], rows=[7, 2])  # row order does not matter
+    assert first.startswith("ablation-paper-rows-tiny-") and len(first.rsplit("-", 1)[1]) == 8
+    assert first != sweep_id(categories=["weave", "bolt"], rows=[2, 7], seeds=2)
+    assert first != sweep_id(categories=["bolt", "weave"], rows=[2, 7])  # category order is the table's
+
+
+def test_help_runs_from_the_repo_root():
+    proc = subprocess.run([sys.executable, "-m", "platform.sweep", "--help"], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0 and "ablation" in proc.stdout and "report" in proc.stdout

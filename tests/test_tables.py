@@ -1,0 +1,158 @@
+"""Result tables rebuilt from a real SQLite MLflow store: layouts, means, ± std, versions."""
+
+import itertools
+import json
+import statistics
+
+import pytest
+
+from platform import tables, tracking
+
+_ids = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One SQLite store for the module (creating its schema takes seconds); sweeps differ by id."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+def make_sweep(uri: str, kind: str, children: list[dict], sweep_id: str | None = None) -> str:
+    """A parent run and FINISHED/FAILED child runs, logged the way the tracking callback does."""
+    sweep_id = sweep_id or f"test-{kind}-{next(_ids)}"
+    parent = tracking.open_parent(uri, "tables-test", sweep_id, {"kind": kind},
+                                  {"kind": kind, "dataset": "embedded"})
+    client = tracking.client(uri)
+    experiment = client.get_run(parent).info.experiment_id
+    for child in children:
+        run = client.create_run(experiment, run_name=child["name"], tags={
+            tracking.PARENT_TAG: parent, tracking.TRIAL_NAME_TAG: child["name"], "sweep_role": "trial",
+            **child.get("tags", {})})
+        tracking._log_params(client, run.info.run_id, child["params"])
+        for key, value in child["metrics"].items():
+            client.log_metric(run.info.run_id, key, value)
+        client.set_terminated(run.info.run_id, status=child.get("status", "FINISHED"))
+    return parent
+
+
+def ablation_children():
+    """2 categories x rows 2, 7 x 2 seeds; image_AUROC = 0.5 + row/100 + seed/1000 + (bolt: 0.1)."""
+    children = []
+    switches = {2: {"anomaly_source": "dtd", "deep_features": False, "large_kernel": False, "df_update": "-"},
+                7: {"anomaly_source": "mvtec", "deep_features": True, "large_kernel": True, "df_update": "copy"}}
+    for category in ("weave", "bolt"):
+        for row in (2, 7):
+            for seed in (0, 1):
+                auroc = 0.5 + row / 100 + seed / 1000 + (0.1 if category == "bolt" else 0)
+                children.append({"name": f"{category}-r{row}-s{seed}",
+                                 "params": {"category": category, "group": f"row {row}", "seed": seed,
+                                            "paper_row": row, **switches[row]},
+                                 "metrics": {"image_AUROC": auroc, "pixel_AUROC": 0.9, "image_AP": 0.8,
+                                             "pixel_AP": 0.3, "final": 1}})
+    return children
+
+
+def by_name(built):
+    return {t.name: t for t in built}
+
+
+def test_ablation_tables_layout_and_values(store, tmp_path):
+    parent = make_sweep(store, "ablation", ablation_children())
+    built = by_name(tables.build_and_log(store, parent, out_dir=tmp_path / "out"))
+    expected = {"ablation_summary"} | {f"ablation_{m}{s}" for m in tables.DETECTOR_METRICS for s in ("", "_pm")}
+    assert set(built) == expected
+
+    auroc = built["ablation_image_AUROC"].frame
+    assert list(auroc.columns) == ["row 2", "row 7"] and list(auroc.index) == ["bolt", "weave", "mean"]
+    weave_row7 = 100 * statistics.mean([0.57, 0.571])
+    assert auroc.loc["weave", "row 7"] == f"{weave_row7:.2f}"
+    mean_row7 = 100 * statistics.mean([0.57, 0.571, 0.67, 0.671])
+    assert auroc.loc["mean", "row 7"] == f"{mean_row7:.2f}"
+    # mean ± std over seeds; the mean row's std is over the per-seed means across categories
+    pm = built["ablation_image_AUROC_pm"].frame
+    assert pm.loc["weave", "row 2"] == f"{100 * 0.5205:.2f} ± {100 * statistics.stdev([0.52, 0.521]):.2f}"
+    per_seed = [statistics.mean([0.57, 0.67]), statistics.mean([0.571, 0.671])]
+    assert pm.loc["mean", "row 7"] == f"{100 * statistics.mean(per_seed):.2f} ± {100 * statistics.stdev(per_seed):.2f}"
+
+    summary = built["ablation_summary"].frame
+    assert list(summary.columns[:6]) == ["Deep Features", "Large Kernel", "MVTec AD", "DTD", "Parameter Copying",
+                                         "Gradient Update"]
+    assert summary.index[0].startswith("1 (DRAEM") and summary.iloc[0]["paper AUROC"] == "98.00"
+    row7 = summary.loc["7"]
+    assert (row7["Deep Features"], row7["Large Kernel"], row7["MVTec AD"], row7["DTD"]) == ("✓", "✓", "✓", "")
+    assert row7["paper AUROC"] == "99.70" and row7["paper AP"] == "99.87"
+    assert row7["image AUROC"].startswith(f"{100 * statistics.mean(per_seed):.2f} ± ")
+    assert "not comparable" in built["ablation_summary"].markdown()
+    assert (tmp_path / "out" / "ablation_summary.md").read_text().startswith("### Ablation summary")
+    assert (tmp_path / "out" / "ablation_image_AUROC.csv").read_text().splitlines()[0] == "category,row 2,row 7"
+
+
+def test_tables_are_versioned_never_appended(store):
+    parent = make_sweep(store, "ablation", ablation_children())
+    tables.build_and_log(store, parent)
+    tables.build_and_log(store, parent)
+    client = tracking.client(store)
+    assert {f.path for f in client.list_artifacts(parent, "tables") if f.is_dir} == {"tables/v1", "tables/v2"}
+    import mlflow
+
+    # MlflowClient.load_table searches through the global tracking URI, not the client's
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(store)
+    try:
+        mlflow.set_experiment(experiment_id=client.get_run(parent).info.experiment_id)
+        frame = mlflow.load_table("tables/v2/ablation_image_AUROC.json", run_ids=[parent],
+                                  extra_columns=["run_id"])
+    finally:
+        mlflow.set_tracking_uri(previous)
+    assert len(frame) == 3  # bolt, weave, mean: no rows appended by the second build
+    for version in (1, 2):  # the JSON of every version holds its rows once
+        local = client.download_artifacts(parent, f"tables/v{version}/ablation_image_AUROC.json")
+        assert len(json.loads(open(local).read())["data"]) == 3
+    assert client.download_artifacts(parent, "tables/LATEST")
+
+
+def test_missing_and_unavailable_cells_are_marked(store):
+    children = ablation_children()
+    children[0]["status"] = "FAILED"              # weave row 2 seed 0
+    del children[2]["metrics"]["pixel_AUROC"]     # weave row 7 seed 0: could not be computed
+    children[2]["tags"] = {"pixel_AUROC": "unavailable", "pixel_AUROC_note": "test"}
+    built = by_name(tables.build_and_log(store, make_sweep(store, "ablation", children)))
+    pixel = built["ablation_pixel_AUROC"].frame
+    assert pixel.loc["weave", "row 7"] == "unavailable" and pixel.loc["mean", "row 7"] == "unavailable"
+    assert pixel.loc["bolt", "row 7"] == "90.00"
+    assert "1 trials did not finish" in built["ablation_summary"].markdown()
+
+
+def test_dfmgan_table_1_layout(store):
+    children = []
+    for defect in ("hole", "scratch"):
+        for lam in (0.0, 0.1):
+            children.append({"name": f"bolt-{defect}-l{lam}", "params": {
+                "category": "bolt", "group": f"λ={lam}", "seed": 0, "stage": 2, "defect": defect, "lambda_ms": lam},
+                "metrics": {"KID_x1e3": 10 + lam * 10, "clustered_LPIPS": 0.2 + lam}})
+    children.append({"name": "bolt-stage1", "params": {"category": "bolt", "group": "stage 1", "seed": 0,
+                                                        "stage": 1}, "metrics": {"kimg": 1}})
+    built = by_name(tables.build_and_log(store, make_sweep(store, "gan", children)))
+    frame = built["dfmgan_bolt"].frame
+    assert list(frame.index) == ["DFMGAN λ=0.0", "DFMGAN λ=0.1"]
+    assert list(frame.columns) == ["hole KID×10³ ↓", "hole cLPIPS ↑", "scratch KID×10³ ↓", "scratch cLPIPS ↑"]
+    assert frame.loc["DFMGAN λ=0.1", "scratch KID×10³ ↓"] == "11.000"
+    assert frame.loc["DFMGAN λ=0.1", "hole cLPIPS ↑"] == "0.300"
+
+
+def test_classification_accuracy_per_partition(store):
+    children = [{"name": f"bolt-p{p}", "params": {"category": "bolt", "group": f"P{p + 1}", "seed": 0, "partition": p},
+                 "metrics": {"accuracy": acc}} for p, acc in enumerate((0.8, 0.7, 0.9))]
+    built = by_name(tables.build_and_log(store, make_sweep(store, "classify", children)))
+    frame = built["classification_accuracy"].frame
+    assert list(frame.columns) == ["P1 Acc", "P2 Acc", "P3 Acc", "mean ± std"]
+    assert list(frame.loc["bolt"]) == ["80.00", "70.00", "90.00", "80.00 ± 10.00"]
+
+
+def test_report_finds_a_sweep_by_id_only(store, capsys):
+    from platform import sweep
+
+    make_sweep(store, "ablation", ablation_children(), sweep_id="ablation-paper-rows-tiny-12345678")
+    assert sweep.main(["report", "ablation-paper-rows-tiny-12345678", "--tracking-uri", store]) == 0
+    out = capsys.readouterr().out
+    assert "Ablation summary in the layout of Table 4" in out and "mlflow ui --backend-store-uri" in out
