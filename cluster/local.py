@@ -6,8 +6,9 @@ whose autoscaler adds and removes fake worker nodes (Ray's fake multi-node provi
     .venv/bin/python cluster/local.py env       # print the export lines again
     .venv/bin/python cluster/local.py stop
 
-Every node is a real `ray start` (raylet, object store, dashboard agent) sharing one temp dir
-(`--temp-dir`); the head runs the dashboard on 127.0.0.1 with token authentication on. `stop`
+Every node is a real `ray start` (raylet, object store, dashboard agent) under one temp dir
+(`--temp-dir`; worker nodes in sub-folders of their own), with free ports where several nodes
+would collide; the head runs the dashboard on 127.0.0.1 with token authentication on. `stop`
 ends only the processes this script started: it records the process group of each `ray
 start` in the temp dir and signals those groups and their descendants. It never runs `ray
 stop`, which kills every Ray process on the machine, other people's runtimes included.
@@ -184,8 +185,12 @@ export RAY_API_SERVER_ADDRESS={state['dashboard']}   # ray job submit / status /
 export RAY_ADDRESS={state['gcs_address']}   # drivers started on this machine
 export RAY_AUTH_MODE=token
 {token_note}
-# e.g.: ray job submit --working-dir . -- python -m platform.sweep ablation --categories ... --preset tiny
 # stop: {python_cli()} cluster/local.py stop --temp-dir {state['temp_dir']}""")
+    if state["kind"] == "static":
+        print("# run: ray job submit --working-dir . -- python -m platform.sweep ablation --preset tiny "
+              "--storage <abs path> --tracking-uri sqlite:///<abs path>/mlflow.db")
+    else:   # fake nodes share the head's session dir: `ray job submit --working-dir` breaks there
+        print(f"# run: {python_cli()} -m platform.sweep ablation --preset tiny   (directly, not as a job)")
 
 
 # ---------------------------------------------------------------- verbs
