@@ -211,8 +211,9 @@ def start(args) -> dict:
         worker = {"CPU": args.worker_cpus, "GPU": args.worker_gpus, **json.loads(args.worker_resources)}
         for k in range(1, args.workers + 1):
             # Each worker node gets a temp dir of its own: nodes sharing one session dir share
-            # `runtime_resources/`, and a worker's runtime-env agent then deletes the job's
-            # unpacked --working-dir (the head driver's cwd) when its own trials finish.
+            # `runtime_resources/`, and a worker's runtime-env agent then unpacks the job's
+            # --working-dir again into the folder the head's job driver runs in, replacing it
+            # under the driver (FileNotFoundError from os.getcwd(); seen with 2 workers).
             node_dir = temp_dir / f"w{k}"
             state["process_groups"].append(ray_start(
                 [f"--address={gcs_address}", f"--temp-dir={node_dir}", *node_args(args, worker)], env, log))
