@@ -167,8 +167,10 @@ def test_sweep_on_fake_autoscaling_cluster(tmp_path):
         poller = threading.Thread(target=poll, daemon=True)
         poller.start()
         try:
-            while not samples:
+            deadline = time.monotonic() + 60
+            while not samples and time.monotonic() < deadline:
                 time.sleep(0.2)
+            assert samples, "the dashboard's state API never answered"
             assert samples[0][1] == 0, "the fake cluster must start without worker nodes"
 
             sweep = subprocess.run(
