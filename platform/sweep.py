@@ -355,7 +355,7 @@ class Sweep:
             slots = resources.max_concurrent or max(1, resources.fits(ray.cluster_resources()))
             slot_seconds += min(slots, len(results)) * (time.monotonic() - began)
             for result in results:
-                name = result.config["trial"]["name"]
+                name = result.config["trial"]["name"]  # a grid trial's spec name (dependencies use it)
                 if result.error is not None:
                     failed += 1
                     continue
@@ -438,7 +438,7 @@ def _search_setup(search, template: dict, resources: Resources, sweep: Sweep):
         search_alg=ConcurrencyLimiter(searcher, max_concurrent=concurrent), num_samples=search.num_samples,
         scheduler=ASHAScheduler(time_attr="training_iteration", metric=search.asha_metric, mode=search.asha_mode,
                                 max_t=reports + 1, grace_period=search.grace_period),
-        trial_name_creator=_sampled_name, trial_dirname_creator=_sampled_name)
+        trial_name_creator=_trial_name, trial_dirname_creator=_trial_name)
     return {"trial": template, "search": space}, tune_config
 
 
@@ -456,11 +456,9 @@ def _final_metric_optuna():
 
 
 def _trial_name(trial) -> str:
-    return trial.config["trial"]["name"]
+    from platform.tracking import trial_name
 
-
-def _sampled_name(trial) -> str:
-    return f"{trial.config['trial']['name']}-{trial.trial_id.split('_')[-1]}"
+    return trial_name(trial)
 
 
 # ---------------------------------------------------------------- Ray, storage, sweep ids

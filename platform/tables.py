@@ -242,6 +242,7 @@ def classify_tables(trials: list[Trial]) -> list[Table]:
 # ---------------------------------------------------------------- HPO
 
 def hpo_tables(trials: list[Trial]) -> list[Table]:
+    trials = [t for t in trials if t.status == "FINISHED"]
     rows = {}
     for category in sorted({t.category for t in trials}):
         scored = [t for t in trials if t.category == category and isinstance(t.values.get("image_AUROC"), float)]
@@ -251,7 +252,8 @@ def hpo_tables(trials: list[Trial]) -> list[Table]:
         best = max(scored, key=lambda t: t.values["image_AUROC"])
         rows[category] = {"best image_AUROC": f"{100 * best.values['image_AUROC']:.2f}",
                           "trials": len([t for t in trials if t.category == category]), "run": best.name,
-                          **{k: best.params[k] for k in ("lr", "w_l2", "w_ssim", "w_df") if k in best.params}}
+                          **{k: f"{float(best.params[k]):.3g}" for k in ("lr", "w_l2", "w_ssim", "w_df")
+                             if k in best.params}}
     frame = pd.DataFrame.from_dict(rows, orient="index").fillna(MISSING)
     frame.index.name = "category"
     return [Table("hpo_best", "Best trial per category (Optuna; image AUROC on the test split, optimistic)", frame)]

@@ -174,7 +174,7 @@ class MLflowTrialCallback(Callback):
     def on_trial_start(self, iteration, trials, trial, **info):
         self._started[trial.trial_id] = time.monotonic()
         self._run_of(trial)
-        print(f"[{self._finished(trials)}/{self.total}] {trial.config['trial']['name']}: started", flush=True)
+        print(f"[{self._finished(trials)}/{self.total}] {trial_name(trial)}: started", flush=True)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         from mlflow.entities import Metric
@@ -200,7 +200,7 @@ class MLflowTrialCallback(Callback):
         if time.monotonic() - self._last_status > STATUS_EVERY_S:
             self._last_status = time.monotonic()
             running = [t for t in trials if t.status == "RUNNING"]
-            shown = ", ".join(f"{t.config['trial']['name']} {_progress(result if t is trial else t.last_result)}"
+            shown = ", ".join(f"{trial_name(t)} {_progress(result if t is trial else t.last_result)}"
                               for t in running[:4])
             print(f"[{self._finished(trials)}/{self.total}] running {len(running)}: {shown}"
                   f"{', ...' if len(running) > 4 else ''}", flush=True)
@@ -221,7 +221,10 @@ class MLflowTrialCallback(Callback):
                 if (Path(path) / "pictures").is_dir():
                     self.client.log_artifacts(run_id, str(Path(path) / "pictures"), "pictures")
         self.client.set_terminated(run_id, status="FINISHED")
-        self._print(trials, trial, "done", result, timing)
+        stopped = "final" not in result  # a scheduler (ASHA) ended it before its last report
+        if stopped:
+            self.client.set_tag(run_id, "stopped_early", "true")
+        self._print(trials, trial, "stopped early by the scheduler" if stopped else "done", result, timing)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         run_id = self._run_of(trial)
@@ -236,7 +239,7 @@ class MLflowTrialCallback(Callback):
         if trial.trial_id in self._runs:
             return self._runs[trial.trial_id]
         spec = trial.config["trial"]
-        name = spec["name"]
+        name = trial_name(trial)
         parent = self.client.get_run(self.parent_run_id)
         found = self.client.search_runs(
             [parent.info.experiment_id],
@@ -279,7 +282,7 @@ class MLflowTrialCallback(Callback):
         return sum(t.status in ("TERMINATED", "ERROR") for t in trials)
 
     def _print(self, trials, trial, status: str, result: dict, timing: dict) -> None:
-        name = trial.config["trial"]["name"]
+        name = trial_name(trial)
         keys = ("image_AUROC", "pixel_AUROC", "pixel_AP", "image_AP", "KID_x1e3", "clustered_LPIPS", "accuracy")
         shown = " ".join(f"{k}={result[k]:.4f}" if isinstance(result[k], float) else f"{k}={result[k]}"
                          for k in keys if k in result)
@@ -290,6 +293,12 @@ class MLflowTrialCallback(Callback):
                 times += f" (trainer {float(result['trainer_s']):.1f}s, overhead {timing['overhead_s']:.1f}s)"
         done = self._finished(trials) + (trial.status not in ("TERMINATED", "ERROR"))
         print(f"[{done}/{self.total}] {name}: {status}{times} {shown}".rstrip(), flush=True)
+
+
+def trial_name(trial) -> str:
+    """A trial's run name: its spec's name, plus the trial's index when sampled (HPO)."""
+    name = trial.config["trial"]["name"]
+    return f"{name}-{trial.trial_id.rsplit('_', 1)[-1]}" if trial.config.get("search") else name
 
 
 def _progress(result: dict | None) -> str:

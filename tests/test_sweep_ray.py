@@ -1,0 +1,131 @@
+"""Sweeps on a real local Ray runtime with a real SQLite MLflow store (nothing mocked).
+
+One local Ray runtime (`address="local"`, dashboard on: Train V2 needs it) serves the whole
+module; every grid has 1-4 trials of the tiny preset or the toy trainer (tests/sweep_toy.py).
+Covers both adapter paths with resume after an injected failure, the ablation CLI end to end
+(MLflow parent, children, params, metrics, checkpoints, tables; rerun = resume, no duplicate
+runs; `report` rebuilds from MLflow alone) and an Optuna study.
+"""
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from platform import sweep, tracking
+from trainables.ray_adapter import run_trial, trial_config
+
+TOY = "sweep_toy:train_toy"  # tests/ is on the workers' path (site-packages holds a `tests` package)
+TESTS = Path(__file__).resolve().parent
+
+
+@pytest.fixture(scope="module")
+def ray_runtime():
+    import ray
+
+    path = os.pathsep.join([str(TESTS), str(TESTS.parent), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
+             logging_level="WARNING", runtime_env={"env_vars": {"PYTHONPATH": path}})
+    yield ray
+    ray.shutdown()
+
+
+def fit_toy(tmp_path: Path, workers: int, fail_at: int):
+    """One toy trial through the adapter, failing once at `fail_at`; returns its Result."""
+    from ray import tune
+
+    marker = tmp_path / "failed-once"
+    trial = {**trial_config(TOY, "tiny", {"epochs": 3, "fail_at": fail_at, "marker": str(marker)},
+                            workers=workers, cpus_per_worker=0.9 if workers > 1 else 1,
+                            train_storage=str(tmp_path / "train")),
+             "name": "toy", "group": "toy", "category": "weave", "seed": 0}
+    trainable = tune.with_resources(run_trial, {"CPU": 0.1} if workers > 1 else {"CPU": 1})
+    tuner = tune.Tuner(trainable, param_space={"trial": trial}, run_config=tune.RunConfig(
+        name="toy", storage_path=str(tmp_path / "storage"), failure_config=tune.FailureConfig(max_failures=1),
+        verbose=0))
+    [result] = list(tuner.fit())
+    assert result.error is None, result.error
+    assert marker.exists()  # the failure did happen
+    return result
+
+
+def test_direct_path_resumes_from_its_tune_checkpoint(ray_runtime, tmp_path):
+    result = fit_toy(tmp_path, workers=1, fail_at=2)
+    metrics = result.metrics
+    assert metrics["final"] == 1 and metrics["epoch"] == 3 and metrics["world"] == 1
+    assert metrics["resumed_from"] == 2  # restarted from the epoch-2 checkpoint, not from scratch
+    assert metrics["trainer_s"] >= 0 and "report_s" in metrics
+    folder = Path(result.checkpoint.path)
+    assert (folder / "checkpoint.pt").exists() and (folder / "pictures" / "toy.png").exists()
+
+
+def test_torchtrainer_path_runs_ddp_and_resumes_its_worker_group(ray_runtime, tmp_path):
+    result = fit_toy(tmp_path, workers=2, fail_at=1)
+    metrics = result.metrics
+    assert metrics["world"] == 2  # a real 2-process torch.distributed group
+    assert metrics["final"] == 1 and metrics["resumed_from"] == 1  # Train restarted from its checkpoint
+    # the Train run is named after the trial (no timestamp), so a restarted trial finds it again
+    runs = [p.name for p in (tmp_path / "train").iterdir() if p.is_dir()]
+    assert runs == [f"train-{result.metrics['trial_id']}"]
+    checkpoint = Path(metrics["checkpoint_path"])
+    assert checkpoint.is_relative_to(tmp_path / "train") and (checkpoint / "pictures" / "toy.png").exists()
+
+
+def test_ablation_sweep_end_to_end(ray_runtime, tmp_path, capsys):
+    db = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    argv = ["ablation", "--data", "embedded", "--categories", "weave", "bolt", "--rows", "2", "7",
+            "--preset", "tiny", "--storage", str(tmp_path / "storage"), "--tracking-uri", uri]
+    assert sweep.main(argv) == 0
+    out = capsys.readouterr().out
+    sweep_id = re.search(r"^sweep (\S+):", out, re.M).group(1)
+    assert "Ablation summary in the layout of Table 4" in out and f"mlflow ui --backend-store-uri {uri}" in out
+    assert "per-trial overhead:" in out
+
+    parent = tracking.find_parent(uri, sweep_id)
+    assert parent.info.status == "FINISHED" and parent.data.params["categories"] == "weave,bolt"
+    children = tracking.children(uri, parent.info.run_id)
+    assert sorted(c.info.run_name for c in children) == sorted(
+        f"{c}-{v}-s0" for c in ("weave", "bolt") for v in ("src_dtd", "df_copy-lk-src_mvtec"))
+    client = tracking.client(uri)
+    for child in children:
+        params, metrics = child.data.params, child.data.metrics
+        assert child.info.status == "FINISHED"
+        assert {"category", "group", "seed", "preset", "dataset", "git_sha", "torch", "ray", "mlflow",
+                "anomaly_source", "deep_features", "large_kernel", "df_update"} <= set(params)
+        assert params["preset"] == "tiny" and params["dataset"] == "embedded"
+        assert {"image_AUROC", "pixel_AUROC", "image_AP", "pixel_AP", "loss/total", "trial_wall_s",
+                "overhead_s", "trainer_s"} <= set(metrics)
+        assert len(client.get_metric_history(child.info.run_id, "loss/total")) == 2  # per epoch (tiny: 2)
+        artifacts = {f.path for f in client.list_artifacts(child.info.run_id, "checkpoint")}
+        assert "checkpoint/checkpoint.pt" in artifacts
+        assert [f.path for f in client.list_artifacts(child.info.run_id, "pictures")] == ["pictures/anomaly_maps.png"]
+    summary = client.download_artifacts(parent.info.run_id, "tables/v1/ablation_summary.md")
+    text = Path(summary).read_text()
+    auroc = Path(client.download_artifacts(parent.info.run_id, "tables/v1/ablation_image_AUROC.md")).read_text()
+    assert "–" not in auroc  # every cell filled
+    assert "| 7 " in text and "99.70" in text
+
+    # the same command again resumes the finished sweep: no new parent, no duplicate children
+    assert sweep.main(argv) == 0
+    assert "resuming" in capsys.readouterr().out
+    assert len(tracking.children(uri, parent.info.run_id)) == 4
+    assert tracking.find_parent(uri, sweep_id).info.run_id == parent.info.run_id
+    # tables rebuilt from MLflow alone, as a new version
+    assert sweep.main(["report", sweep_id, "--tracking-uri", uri]) == 0
+    versions = {f.path for f in client.list_artifacts(parent.info.run_id, "tables") if f.is_dir}
+    assert versions == {"tables/v1", "tables/v2", "tables/v3"}
+
+
+def test_hpo_runs_one_optuna_study_per_category(ray_runtime, tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert sweep.main(["hpo", "--categories", "weave", "--samples", "2", "--preset", "tiny",
+                       "--storage", str(tmp_path / "storage"), "--tracking-uri", uri]) == 0
+    out = capsys.readouterr().out
+    sweep_id = re.search(r"^sweep (\S+):", out, re.M).group(1)
+    children = tracking.children(uri, tracking.find_parent(uri, sweep_id).info.run_id)
+    assert len(children) == 2
+    sampled = [float(c.data.params["lr"]) for c in children]
+    assert len(set(sampled)) == 2 and all(1e-5 <= lr <= 3e-3 for lr in sampled)
+    assert "Best trial per category" in out
