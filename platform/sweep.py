@@ -35,6 +35,7 @@ from trainables.errors import UserInputError
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_STORAGE = REPO / "runs" / "sweeps"
 DRIVER_CPU = 0.1            # a nested trial's driver only waits on its TorchTrainer
+DRIVER_SHARE = 0.01         # of --driver-resource per driver (cluster configs advertise 16 per node)
 TRIAL_RETRIES = 1           # Tune relaunches a failed trial once (from its last checkpoint)
 TRAIN_RETRIES = 1           # Train restarts a failed worker group once; its controller too
 CHECKPOINTS_KEPT = 2
@@ -85,6 +86,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="GPUs per trial; fractions pack several 1-worker trials on a GPU")
     parser.add_argument("--cpus-per-worker", type=float, default=1.0)
     parser.add_argument("--max-concurrent", type=int, help="trials at once (default: what the cluster fits)")
+    parser.add_argument("--driver-resource", metavar="NAME",
+                        help="custom Ray resource the drivers of multi-worker trials ask for, to keep them on "
+                             "on-demand nodes (cluster/ configs advertise 'trial_driver')")
     parser.add_argument("--storage", help=f"trial storage, a shared path or URI on clusters (default: {DEFAULT_STORAGE})")
     parser.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite mlflow.db "
                                                "in the repo)")
@@ -112,6 +116,7 @@ class Resources:
     gpus_per_trial: float
     cpus_per_worker: float
     max_concurrent: int | None  # None = as many as the cluster schedules
+    driver_resource: str | None = None  # custom resource that keeps nested trial drivers on safe nodes
 
     def __post_init__(self):
         if self.workers < 1:
@@ -138,14 +143,15 @@ class Resources:
     def trial_bundle(self) -> dict[str, float]:
         """What the Tune trial itself reserves."""
         if self.nested:
-            return {"CPU": DRIVER_CPU}
+            # drivers on "safe" (on-demand) nodes via a custom resource they advertise (§2.3)
+            return {"CPU": DRIVER_CPU, **({self.driver_resource: DRIVER_SHARE} if self.driver_resource else {})}
         return {"CPU": self.cpus_per_worker, **({"GPU": self.gpus_per_trial} if self.gpus_per_trial else {})}
 
     def need(self) -> dict[str, float]:
         """Everything one running trial holds: its driver plus (nested) its workers."""
         if not self.nested:
             return self.trial_bundle()
-        return {"CPU": DRIVER_CPU + self.workers * self.cpus_per_worker,
+        return {**self.trial_bundle(), "CPU": DRIVER_CPU + self.workers * self.cpus_per_worker,
                 **({"GPU": self.gpus_per_trial} if self.gpus_per_trial else {})}
 
     def fits(self, available: dict[str, float]) -> int:
@@ -155,8 +161,9 @@ class Resources:
     def describe(self) -> str:
         gpu = f", {self.gpus_per_worker:g} GPU" if self.gpus_per_trial else ""
         if self.nested:
+            placed = f" on a node with '{self.driver_resource}'" if self.driver_resource else ""
             return (f"{self.workers} Train workers x ({self.cpus_per_worker:g} CPU{gpu}) + a {DRIVER_CPU:g}-CPU "
-                    f"trial driver (nested TorchTrainer, DDP)")
+                    f"trial driver{placed} (nested TorchTrainer, DDP)")
         return f"1 worker ({self.cpus_per_worker:g} CPU{gpu}), the loop runs in the Tune trial itself"
 
 
@@ -186,12 +193,12 @@ class Sweep:
             kind = args.kind
             build_options = _build_options(args)
             resources = Resources(args.workers_per_trial, args.gpus_per_trial, args.cpus_per_worker,
-                                  args.max_concurrent)
+                                  args.max_concurrent, args.driver_resource)
             storage = _absolute(args.storage or str(DEFAULT_STORAGE))
             tracking_uri = args.tracking_uri or tracking.default_tracking_uri(REPO)
             experiment = args.experiment or tracking.DEFAULT_EXPERIMENT
         plan = search_spaces.build(kind, **build_options)
-        sweep_id = make_sweep_id(plan)
+        sweep_id = make_sweep_id(plan, resources.workers)
         if args.resume and sweep_id != args.resume:
             raise UserInputError(f"--resume {args.resume}: its saved options now give sweep {sweep_id}; "
                                  f"the search space changed since it ran")
@@ -208,6 +215,9 @@ class Sweep:
         for note in plan.notes:
             print(f"note: {note}")
         print(f"resources per trial: {self.resources.describe()}")
+        if self.resources.driver_resource and not self.resources.nested:
+            print(f"note: --driver-resource {self.resources.driver_resource} is unused: a 1-worker trial "
+                  f"runs its loop in the trial itself, on a worker node")
         estimates = self.estimates()
         if list_trials:
             width = max(len(t.name) for t in plan.trials)
@@ -321,6 +331,12 @@ class Sweep:
             print(f"warning: --max-concurrent {resources.max_concurrent} nested trials, but the cluster fits "
                   f"{fits} drivers plus workers now; relying on the autoscaler (worker start-up times out "
                   f"and fails rather than hangs)")
+        missing = [k for k in resources.need() if k not in cluster]
+        if missing and not os.environ.get("RAY_ADDRESS"):
+            raise UserInputError(f"this machine's local Ray runtime has no {', '.join(missing)}; drop "
+                                 f"--driver-resource / --gpus-per-trial, or run on a cluster that has them")
+        if missing:
+            print(f"note: no node of the cluster has {', '.join(missing)} now; trials wait for the autoscaler")
         if fits < 1:
             print(f"note: no trial fits the cluster now ({_fmt(resources.need())} per trial, cluster "
                   f"{_fmt(cluster)}); trials wait for the autoscaler to add nodes")
@@ -490,10 +506,11 @@ def connect_ray(resources: Resources) -> bool:
     return True
 
 
-def make_sweep_id(plan: SweepPlan) -> str:
-    """`<kind>[-<grid>]-<preset>-<hash>`: the same options always give the same id."""
-    key = json.dumps({"kind": plan.kind, "preset": plan.preset, "data": plan.data, "options": plan.options},
-                     sort_keys=True, default=str)
+def make_sweep_id(plan: SweepPlan, workers: int = 1) -> str:
+    """`<kind>[-<grid>]-<preset>-<hash>`: the same options always give the same id. The Train
+    world size is part of it (DDP shards batches, so results differ); GPUs and CPUs are not."""
+    key = json.dumps({"kind": plan.kind, "preset": plan.preset, "data": plan.data, "options": plan.options,
+                      "workers": workers}, sort_keys=True, default=str)
     digest = hashlib.sha256(key.encode()).hexdigest()[:8]
     grid = plan.options.get("grid")
     return "-".join([plan.kind] + ([grid] if grid else []) + [plan.preset, digest])
@@ -666,7 +683,9 @@ def _duration(seconds: float) -> str:
 
 
 def _fmt(resources: dict[str, float]) -> str:
-    keys = [k for k in ("CPU", "GPU") if resources.get(k)]
+    keys = [k for k in resources if k in ("CPU", "GPU") or not k.startswith(("node:", "memory", "object_store",
+                                                                              "accelerator_type"))]
+    keys = [k for k in keys if resources.get(k)]
     return ", ".join(f"{resources[k]:g} {k}" for k in keys) or "nothing"
 
 

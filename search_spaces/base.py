@@ -9,6 +9,7 @@ built once so a bad value fails now, not an hour into a sweep. Not here: Ray Tun
 (`platform/sweep.py` turns a plan into Tuners) and anything that starts a process.
 """
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -87,19 +88,22 @@ class DatasetInfo:
             from trainables.data import EMBEDDED_CATEGORIES
 
             return tuple(sorted(EMBEDDED_CATEGORIES[category][1]))
-        from trainables.data import scan_category
-
-        index = scan_category(self.path, category)
-        return tuple(sorted({item.defect_type for item in index.test} - {"good"}))
+        return tuple(sorted({item.defect_type for item in _scan(self.path, category).test} - {"good"}))
 
     def n_train(self, category: str) -> int:
         if self.dataset == "embedded":
             from trainables.data.embedded import N_TRAIN
 
             return N_TRAIN
-        from trainables.data import scan_category
+        return len(_scan(self.path, category).train)
 
-        return len(scan_category(self.path, category).train)
+
+@functools.lru_cache(maxsize=None)
+def _scan(path: Path, category: str):
+    """A category's file index (validated), listed once per process."""
+    from trainables.data import scan_category
+
+    return scan_category(path, category)
 
 
 def dataset_info(data: str) -> DatasetInfo:

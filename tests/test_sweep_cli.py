@@ -82,6 +82,8 @@ def test_sweep_id_is_a_deterministic_function_of_the_options():
     assert first.startswith("ablation-paper-rows-tiny-") and len(first.rsplit("-", 1)[1]) == 8
     assert first != sweep_id(categories=["weave", "bolt"], rows=[2, 7], seeds=2)
     assert first != sweep_id(categories=["bolt", "weave"], rows=[2, 7])  # category order is the table's
+    plan = search_spaces.build("ablation", preset="tiny", categories=["weave", "bolt"], rows=[2, 7])
+    assert sweep.make_sweep_id(plan, workers=2) != first  # DDP changes the results
 
 
 def test_help_runs_from_the_repo_root():
