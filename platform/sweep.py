@@ -375,7 +375,7 @@ class Sweep:
                 if result.error is not None:
                     failed += 1
                     continue
-                path = _checkpoint_path(result)
+                path = _checkpoint_path(result, self.storage)
                 if path:
                     done_checkpoints[name] = path
         return failed, slot_seconds
@@ -598,10 +598,17 @@ def _with_dependency(trial: TrialSpec, checkpoints: dict[str, str]) -> TrialSpec
     return dataclasses.replace(trial, overrides={**trial.overrides, trial.needs_key: checkpoints[trial.needs]})
 
 
-def _checkpoint_path(result) -> str | None:
+def _checkpoint_path(result, storage: str) -> str | None:
+    """Where a finished trial's last checkpoint is: a path, or a URI when storage is remote
+    (the adapter copies such inputs to the trial's node)."""
     if result.metrics and result.metrics.get("checkpoint_path"):
-        return result.metrics["checkpoint_path"]  # nested Train run
-    return result.checkpoint.path if result.checkpoint is not None else None
+        path = result.metrics["checkpoint_path"]  # nested Train run
+    elif result.checkpoint is not None:
+        path = result.checkpoint.path
+    else:
+        return None
+    scheme = storage.split("://", 1)[0] if "://" in storage else None
+    return f"{scheme}://{path}" if scheme and "://" not in path else path
 
 
 def _build_options(args) -> dict:

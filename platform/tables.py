@@ -224,6 +224,7 @@ def gan_tables(trials: list[Trial]) -> list[Table]:
 # ---------------------------------------------------------------- classification protocol
 
 def classify_tables(trials: list[Trial]) -> list[Table]:
+    trials = [t for t in trials if "partition" in t.params]  # not the stage-1 runs
     categories = sorted({t.category for t in trials})
     partitions = sorted({int(t.params.get("partition", 0)) for t in trials})
     rows = {}

@@ -112,10 +112,13 @@ def test_ablation_sweep_end_to_end(ray_runtime, tmp_path, capsys):
     assert "resuming" in capsys.readouterr().out
     assert len(tracking.children(uri, parent.info.run_id)) == 4
     assert tracking.find_parent(uri, sweep_id).info.run_id == parent.info.run_id
+    # --resume by id alone: the saved options rebuild the same plan
+    assert sweep.main(["ablation", "--resume", sweep_id, "--storage", str(tmp_path / "storage")]) == 0
+    assert len(tracking.children(uri, parent.info.run_id)) == 4
     # tables rebuilt from MLflow alone, as a new version
     assert sweep.main(["report", sweep_id, "--tracking-uri", uri]) == 0
     versions = {f.path for f in client.list_artifacts(parent.info.run_id, "tables") if f.is_dir}
-    assert versions == {"tables/v1", "tables/v2", "tables/v3"}
+    assert versions == {"tables/v1", "tables/v2", "tables/v3", "tables/v4"}
 
 
 def test_hpo_runs_one_optuna_study_per_category(ray_runtime, tmp_path, capsys):

@@ -103,8 +103,8 @@ def _run_direct(trial: dict, sampled: dict) -> None:
                 _persist(checkpoint, folder)
                 tune.report(stamped, checkpoint=tune.Checkpoint.from_directory(folder))
 
-    with _as_directory(tune.get_checkpoint()) as resume:
-        cfg = make_config(trial["preset"], {**trial["overrides"], **sampled, "resume": resume})
+    with _as_directory(tune.get_checkpoint()) as resume, _local_inputs(trial["overrides"]) as overrides:
+        cfg = make_config(trial["preset"], {**overrides, **sampled, "resume": resume})
         timer = _Timer()
         entry(cfg, report)
 
@@ -157,9 +157,8 @@ def _train_worker(loop_config: dict) -> None:
                 ray.train.report(stamped, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
     device = ray.train.torch.get_device()  # this rank's GPU, or cpu
-    with _as_directory(ray.train.get_checkpoint()) as resume:
-        cfg = make_config(trial["preset"], {**trial["overrides"], **sampled, "resume": resume,
-                                            "device": str(device)})
+    with _as_directory(ray.train.get_checkpoint()) as resume, _local_inputs(trial["overrides"]) as overrides:
+        cfg = make_config(trial["preset"], {**overrides, **sampled, "resume": resume, "device": str(device)})
         timer = _Timer()
         entry(cfg, report)
 
@@ -188,6 +187,26 @@ def _as_directory(checkpoint):
         return
     with checkpoint.as_directory() as folder:
         yield str(folder)
+
+
+@contextlib.contextmanager
+def _local_inputs(overrides: dict):
+    """`overrides` with every checkpoint URI (an earlier trial's output in cloud storage, e.g. a
+    GAN stage-1 checkpoint `s3://...`) replaced by a local copy for the block's duration."""
+    remote = {k: v for k, v in overrides.items() if isinstance(v, str) and "://" in v and k != "data"}
+    if not remote:
+        yield overrides
+        return
+    import pyarrow.fs
+
+    with tempfile.TemporaryDirectory(prefix="inputs-") as folder:
+        local = dict(overrides)
+        for key, uri in remote.items():
+            filesystem, path = pyarrow.fs.FileSystem.from_uri(uri)
+            pyarrow.fs.copy_files(path, f"{folder}/{key}", source_filesystem=filesystem,
+                                  destination_filesystem=pyarrow.fs.LocalFileSystem())
+            local[key] = f"{folder}/{key}"
+        yield local
 
 
 class _Timer:
