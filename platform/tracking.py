@@ -228,9 +228,10 @@ class MLflowTrialCallback(Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         run_id = self._run_of(trial)
-        self.client.set_tag(run_id, "error", str(trial.error_file or "see the Tune trial log")[:5000])
+        reason = _last_line(getattr(trial, "error_file", None))
+        self.client.set_tag(run_id, "error", reason[:5000])
         self.client.set_terminated(run_id, status="FAILED")
-        self._print(trials, trial, "FAILED", trial.last_result or {}, {})
+        self._print(trials, trial, f"FAILED ({reason})", trial.last_result or {}, {})
 
     # ------------------------------------------------------------ helpers
 
@@ -293,6 +294,15 @@ class MLflowTrialCallback(Callback):
                 times += f" (trainer {float(result['trainer_s']):.1f}s, overhead {timing['overhead_s']:.1f}s)"
         done = self._finished(trials) + (trial.status not in ("TERMINATED", "ERROR"))
         print(f"[{done}/{self.total}] {name}: {status}{times} {shown}".rstrip(), flush=True)
+
+
+def _last_line(error_file) -> str:
+    """The exception line of a trial's error file (its last non-empty line)."""
+    try:
+        lines = [line for line in Path(error_file).read_text().splitlines() if line.strip()]
+    except (OSError, TypeError):
+        return "see the Tune trial's error.txt"
+    return lines[-1].strip()[:500] if lines else "unknown error"
 
 
 def trial_name(trial) -> str:
