@@ -247,8 +247,9 @@ class AnomalySynthesizer:
         # foregrounds are computed once per training image and cached (spec §4.1)
         self.foregrounds = np.ones((N, S, S), bool) if whole else np.stack([foreground_mask(x) for x in train])
 
-    def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-        """One sample: I, I_a float32 [S, S, 3] in [0, 1], M float32 [S, S] in {0, 1}, y in {0, 1}."""
+    def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, np.ndarray]:
+        """One sample: I, I_a float32 [S, S, 3] in [0, 1]; M float32 [S, S] in {0, 1}; y in {0, 1};
+        the foreground FG bool [S, S] that M was restricted to."""
         p = self.params
         k = int(rng.integers(len(self.train)))
         image, fg = self.train[k], self.foregrounds[k]
@@ -264,16 +265,16 @@ class AnomalySynthesizer:
                 if M.any():
                     break
         if not M.any():
-            return I, I.copy(), M.astype(np.float32), 0
+            return I, I.copy(), M.astype(np.float32), 0, fg
         A = augment(rng, self.pool.images[int(rng.integers(len(self.pool.images)))], p.n_augmenters)
         alpha = np.float32(rng.uniform(*p.opacity_range))
         blend = alpha * (A.astype(np.float32) / 255.0) + (1 - alpha) * I
         I_a = np.where(M[..., None], blend, I)  # exactly I outside M
-        return I, I_a.astype(np.float32), M.astype(np.float32), 1
+        return I, I_a.astype(np.float32), M.astype(np.float32), 1, fg
 
     def batch(self, rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
-        """n samples stacked channel-first: I, I_a [n, 3, S, S], M [n, 1, S, S], y [n]."""
+        """n samples stacked channel-first: I, I_a [n, 3, S, S], M and FG [n, 1, S, S], y [n]."""
         samples = [self.sample(rng) for _ in range(n)]
-        I, I_a, M, y = (np.stack(parts) for parts in zip(*samples))
+        I, I_a, M, y, FG = (np.stack(parts) for parts in zip(*samples))
         return {"I": I.transpose(0, 3, 1, 2), "I_a": I_a.transpose(0, 3, 1, 2), "M": M[:, None],
-                "y": y.astype(np.int64)}
+                "y": y.astype(np.int64), "FG": FG[:, None]}

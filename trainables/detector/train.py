@@ -78,6 +78,7 @@ class DetectorConfig:
     lk_kernels: tuple[int, ...] = (31, 29, 27, 13)   # k at D's e3..e6 (RepLKNet-31B)
     lk_small_kernel: int = 5
     detach_reconstruction: bool = False    # True: no focal-loss gradient into R (DRAEM: False)
+    channels_last: bool = True             # NHWC memory format: same numbers, ~1.5x faster on CPU
     # objective (spec §4.5, mapping A)
     w_l2: float = 1.0
     w_ssim: float = 0.8
@@ -145,7 +146,7 @@ PRESETS: dict[str, dict] = {
     # a CPU laptop: 64 px, narrow nets, kernels of RepLKNet-31B clipped to each stage's reach
     # (2·H−1 at 16, 8, 4, 2 px), a higher learning rate for a 5-minute budget.
     "small": {"img_size": 64, "r_base": 16, "d_base": 16, "lk_kernels": (31, 15, 7, 3),
-              "lk_small_kernel": 5, "epochs": 150, "lr": 5e-4, "score_kernel": 21,
+              "lk_small_kernel": 5, "epochs": 150, "lr": 5e-4,
               "report_every": 10, "checkpoint_every": 1, "n_pictures": 8},
     # tests: seconds
     "tiny": {"img_size": 32, "r_base": 4, "d_base": 4, "lk_kernels": (7, 5, 3, 1), "lk_small_kernel": 3,
@@ -231,6 +232,8 @@ def train_detector(cfg: DetectorConfig, report: Report) -> dict:
 
     torch.manual_seed(cfg.seed)
     nets = build_networks(cfg, load_vgg_state(cfg)).to(device)
+    if cfg.channels_last:
+        nets = nets.to(memory_format=torch.channels_last)
     R, D, F = nets["R"], nets["D"], nets["F"] if cfg.df else None
     trained = [R, D] + ([F] if F is not None and cfg.df_update == "grad" else [])
     optimizer = torch.optim.Adam([p for net in trained for p in net.parameters()], lr=cfg.lr)
@@ -246,7 +249,9 @@ def train_detector(cfg: DetectorConfig, report: Report) -> dict:
     total_steps = cfg.epochs * steps_per_epoch
     budget = cfg.minutes * 60 if cfg.minutes else None
     info = {"category": cfg.category, "dataset": root.dataset, "anomaly_source": cfg.anomaly_source,
-            "source_origin": pool.origin, "leaky": cfg.leaky}
+            "leaky": cfg.leaky}
+    if cfg.anomaly_source == "dtd":
+        info["texture_source"] = pool.origin  # "dtd" or "procedural"
 
     def state(final: bool) -> dict:
         return {"nets": nets.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
@@ -300,7 +305,8 @@ def train_detector(cfg: DetectorConfig, report: Report) -> dict:
 
 
 def _train_step(cfg, batch, R, D, F, loss_fn, optimizer, device) -> dict[str, float]:
-    I, I_a, M = (torch.from_numpy(batch[k]).to(device) for k in ("I", "I_a", "M"))
+    layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    I, I_a, M = (torch.from_numpy(batch[k]).to(device).contiguous(memory_format=layout) for k in ("I", "I_a", "M"))
     I_r = R(I_a)
     x = torch.cat([I_r.detach() if cfg.detach_reconstruction else I_r, I_a], dim=1)
     P = torch.softmax(D(x), dim=1)
@@ -338,6 +344,7 @@ def evaluate(cfg: DetectorConfig, R: nn.Module, D: nn.Module, data, device) -> t
     test = np.asarray(data.test)
     for start in range(0, len(test), cfg.eval_batch_size):
         I = torch.from_numpy(test[start:start + cfg.eval_batch_size]).to(device).permute(0, 3, 1, 2).float() / 255
+        I = I.contiguous(memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
         I_r = R(I)
         P = torch.softmax(D_eval(torch.cat([I_r, I], dim=1)), dim=1)[:, 1:]  # [N, 1, H, W]
         scores.append(F_.avg_pool2d(P, k, stride=1, padding=k // 2).amax(dim=(1, 2, 3)).cpu())

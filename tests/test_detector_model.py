@@ -1,0 +1,113 @@
+"""Detector networks: RepLK re-parameterisation, every ablation switch's shapes and gradients."""
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from detector_fixtures import make_detector_dataset
+from trainables.data import load_category, resolve_data
+from trainables.detector.losses import DetectorLoss, focal_loss, ssim
+from trainables.detector.model import DefectPredictor, LargeKernelConv, LargeKernelUnit, ReconstructionNet
+from trainables.detector.synthesis import AnomalySynthesizer, build_source_pool
+from trainables.detector.train import _train_step, build_networks, make_config, synthesis_params
+
+
+def randomise_batchnorm(module: torch.nn.Module) -> None:
+    """Non-trivial BN statistics and affine parameters, so fusion has something to fold."""
+    g = torch.Generator().manual_seed(0)
+    for m in module.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.3)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.randn(m.num_features, generator=g) * 0.5 + 1)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.2)
+
+
+@pytest.mark.parametrize("kernel, small", [(13, 5), (7, 3), (3, 5), (5, 5)])
+def test_fused_large_kernel_conv_matches_unfused(kernel, small):
+    torch.manual_seed(0)
+    conv = LargeKernelConv(8, kernel, small)
+    randomise_batchnorm(conv)
+    conv.eval()
+    x = torch.randn(2, 8, 12, 12)
+    reference = conv(x)
+    conv.reparameterize()
+    assert conv.fused is not None and not hasattr(conv, "lk")
+    assert (conv(x) - reference).abs().max() < 1e-4
+
+
+def test_reparameterised_predictor_matches_unfused_in_eval_mode():
+    torch.manual_seed(0)
+    D = DefectPredictor(base=4, lk_kernels=(15, 7, 3, 1), lk_small_kernel=5)
+    randomise_batchnorm(D)
+    D.eval()
+    x = torch.rand(2, 6, 32, 32)
+    reference = D(x)
+    D.reparameterize()
+    fused = [m for m in D.modules() if isinstance(m, LargeKernelConv)]
+    assert len(fused) == 4 and all(m.fused is not None for m in fused)
+    assert (D(x) - reference).abs().max() < 1e-4
+
+
+def test_module_tree_names_the_paper_blocks():
+    D = DefectPredictor(base=4, lk_kernels=(31, 29, 27, 13))
+    names = dict(D.named_children())
+    assert [n for n in names if n.endswith("_lk")] == ["e3_lk", "e4_lk", "e5_lk", "e6_lk"]
+    assert isinstance(names["e3_lk"], LargeKernelUnit) and names["e3_lk"].replk.large_kernel.kernel == 31
+    assert not any(n.endswith("_lk") for n, _ in DefectPredictor(base=4, lk_kernels=None).named_children())
+    R = ReconstructionNet(base=4)
+    assert [f.shape[1] for f in R.encoder(torch.rand(1, 3, 32, 32))] == [4, 8, 16, 32, 32]
+
+
+def test_losses_are_zero_for_a_perfect_prediction():
+    I = torch.rand(2, 3, 32, 32)
+    assert ssim(I, I) == pytest.approx(1.0, abs=1e-6)
+    M = (torch.rand(2, 1, 32, 32) > 0.9).float()
+    perfect = torch.cat([1 - M, M], dim=1)
+    assert focal_loss(perfect, M) < 1e-6 < focal_loss(perfect.flip(1), M)
+    terms = DetectorLoss()(I, I, perfect, M, [I], [I])
+    assert set(terms) == {"l2", "ssim", "focal", "df", "total"} and terms["total"] < 1e-5
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory):
+    return make_detector_dataset(tmp_path_factory.mktemp("det"))
+
+
+COMBOS = list(itertools.product([True, False], [True, False], ["mvtec", "dtd"], ["copy", "grad"]))
+
+
+@pytest.mark.parametrize("df, lk, source, update", COMBOS)
+def test_every_switch_combination_trains_one_step(tiny_root, df, lk, source, update):
+    cfg = make_config("tiny", {"data": str(tiny_root), "category": "disc", "df": df, "lk": lk,
+                               "anomaly_source": source, "df_update": update})
+    root = resolve_data(cfg.data)
+    data = load_category(root.path, cfg.category, cfg.img_size)
+    pool = build_source_pool(cfg.anomaly_source, root, cfg.category, cfg.img_size, cfg.source_per_category)
+    synth = AnomalySynthesizer(data.train, data.kind, pool, synthesis_params(cfg))
+    torch.manual_seed(0)
+    nets = build_networks(cfg)
+    R, D = nets["R"], nets["D"]
+    F = nets["F"] if df else None
+    assert ("F" in nets) == df
+    assert any(isinstance(m, LargeKernelUnit) for m in D.modules()) == lk
+    trained = [R, D] + ([F] if df and update == "grad" else [])
+    optimizer = torch.optim.Adam([p for n in trained for p in n.parameters()], lr=1e-3)
+    if F is not None and update == "copy":
+        F.eval()
+    batch = synth.batch(np.random.default_rng(0), cfg.batch_size)
+    S = cfg.img_size
+    assert batch["I_a"].shape == (cfg.batch_size, 3, S, S) and batch["M"].shape == (cfg.batch_size, 1, S, S)
+    I_a = torch.from_numpy(batch["I_a"])
+    assert R(I_a).shape == (cfg.batch_size, 3, S, S)
+    assert D(torch.cat([R(I_a), I_a], 1)).shape == (cfg.batch_size, 2, S, S)
+    terms = _train_step(cfg, batch, R, D, F, DetectorLoss(), optimizer, torch.device("cpu"))
+    assert ("df" in terms) == df and all(np.isfinite(v) for v in terms.values())
+    assert all(p.grad is not None for p in R.parameters()) and all(p.grad is not None for p in D.parameters())
+    if F is not None:
+        features = F(torch.from_numpy(batch["I"]))
+        assert [f.shape[1] for f in features] == [cfg.r_base * m for m in (4, 8, 8)]
+        has_grad = [p.grad is not None for p in F.parameters()]
+        assert all(has_grad) if update == "grad" else not any(has_grad)
