@@ -149,11 +149,3 @@ def test_cli_prints_json_last_and_writes_pictures(root, tmp_path):
                          cwd=REPO, capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "lk_kernels" in bad.stderr
 
-
-def test_channels_last_is_a_layout_not_a_different_model(root):
-    finals = []
-    for layout in (True, False):
-        log = []
-        train_detector(tiny(root, epochs=1, steps_per_epoch=2, channels_last=layout), cloning_report(log))
-        finals.append(log[-1][1]["nets"])
-    assert all(torch.allclose(finals[0][k].float(), finals[1][k].float(), atol=1e-5) for k in finals[0])

@@ -208,11 +208,15 @@ class LargeKernelConv(nn.Module):
         self.fused = None  # set by reparameterize(): one depthwise k×k conv with bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The depthwise convs run in NHWC (several times faster on CPU for large kernels). BN
+        # stays NCHW: PyTorch's NHWC BatchNorm on CPU is ~10x less precise, which the
+        # ill-conditioned gradients at DRAEM's init amplify (R's gradients off by tens of %).
+        x_nhwc = x.contiguous(memory_format=torch.channels_last)
         if self.fused is not None:
-            return self.fused(x)
-        out = self.lk_bn(self.lk(x))
+            return self.fused(x_nhwc).contiguous()
+        out = self.lk_bn(self.lk(x_nhwc).contiguous())
         if hasattr(self, "small"):
-            out = out + self.small_bn(self.small(x))
+            out = out + self.small_bn(self.small(x_nhwc).contiguous())
         return out
 
     @torch.no_grad()

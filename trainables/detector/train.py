@@ -78,7 +78,6 @@ class DetectorConfig:
     lk_kernels: tuple[int, ...] = (31, 29, 27, 13)   # k at D's e3..e6 (RepLKNet-31B)
     lk_small_kernel: int = 5
     detach_reconstruction: bool = False    # True: no focal-loss gradient into R (DRAEM: False)
-    channels_last: bool = True             # NHWC memory format: same numbers, ~1.5x faster on CPU
     # objective (spec §4.5, mapping A)
     w_l2: float = 1.0
     w_ssim: float = 0.8
@@ -232,8 +231,6 @@ def train_detector(cfg: DetectorConfig, report: Report) -> dict:
 
     torch.manual_seed(cfg.seed)
     nets = build_networks(cfg, load_vgg_state(cfg)).to(device)
-    if cfg.channels_last:
-        nets = nets.to(memory_format=torch.channels_last)
     R, D, F = nets["R"], nets["D"], nets["F"] if cfg.df else None
     trained = [R, D] + ([F] if F is not None and cfg.df_update == "grad" else [])
     optimizer = torch.optim.Adam([p for net in trained for p in net.parameters()], lr=cfg.lr)
@@ -305,8 +302,7 @@ def train_detector(cfg: DetectorConfig, report: Report) -> dict:
 
 
 def _train_step(cfg, batch, R, D, F, loss_fn, optimizer, device) -> dict[str, float]:
-    layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    I, I_a, M = (torch.from_numpy(batch[k]).to(device).contiguous(memory_format=layout) for k in ("I", "I_a", "M"))
+    I, I_a, M = (torch.from_numpy(batch[k]).to(device) for k in ("I", "I_a", "M"))
     I_r = R(I_a)
     x = torch.cat([I_r.detach() if cfg.detach_reconstruction else I_r, I_a], dim=1)
     P = torch.softmax(D(x), dim=1)
@@ -344,7 +340,6 @@ def evaluate(cfg: DetectorConfig, R: nn.Module, D: nn.Module, data, device) -> t
     test = np.asarray(data.test)
     for start in range(0, len(test), cfg.eval_batch_size):
         I = torch.from_numpy(test[start:start + cfg.eval_batch_size]).to(device).permute(0, 3, 1, 2).float() / 255
-        I = I.contiguous(memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
         I_r = R(I)
         P = torch.softmax(D_eval(torch.cat([I_r, I], dim=1)), dim=1)[:, 1:]  # [N, 1, H, W]
         scores.append(F_.avg_pool2d(P, k, stride=1, padding=k // 2).amax(dim=(1, 2, 3)).cpu())
