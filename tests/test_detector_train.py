@@ -149,3 +149,21 @@ def test_cli_prints_json_last_and_writes_pictures(root, tmp_path):
                          cwd=REPO, capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "lk_kernels" in bad.stderr
 
+
+
+def test_vgg19_features_load_from_a_provisioned_weight_file(root, tmp_path, monkeypatch):
+    """The df_source=vgg19 path with a stand-in file under the real name (random values:
+    this exercises loading and shapes only; no metric is ever reported from such a file)."""
+    from torchvision.models.vgg import cfgs, make_layers
+
+    from trainables.weights import weight_url
+
+    features = make_layers(cfgs["E"])[:12]
+    torch.save({f"features.{k}": v for k, v in features.state_dict().items()},
+               tmp_path / Path(weight_url("vgg19")).name)
+    monkeypatch.setenv("DEFECT_SWEEPS_WEIGHTS", str(tmp_path))
+    log = []
+    train_detector(tiny(root, df_source="vgg19", epochs=1, steps_per_epoch=1), cloning_report(log))
+    nets = log[-1][1]["nets"]
+    assert torch.equal(nets["F.features.10.weight"], features[10].weight)  # frozen in copy mode
+    assert not any(k.startswith("F.encoder") for k in nets)

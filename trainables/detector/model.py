@@ -147,11 +147,11 @@ class VGGFeatures(nn.Module):
     def __init__(self,
                  levels: tuple[int, ...] = (1, 2, 3)):   # relu1_1, relu2_1, relu3_1
         super().__init__()
-        from torchvision.models import vgg19
+        from torchvision.models.vgg import cfgs, make_layers
 
         self.levels = levels
         self.taps = self.taps_for(levels)
-        self.features = vgg19(weights=None).features[: max(self.taps) + 1]
+        self.features = make_layers(cfgs["E"])[: max(self.taps) + 1]  # = vgg19().features, no classifier
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
 

@@ -145,7 +145,7 @@ PRESETS: dict[str, dict] = {
     # a CPU laptop: 64 px, narrow nets, kernels of RepLKNet-31B clipped to each stage's reach
     # (2·H−1 at 16, 8, 4, 2 px), a higher learning rate for a 5-minute budget.
     "small": {"img_size": 64, "r_base": 16, "d_base": 16, "lk_kernels": (31, 15, 7, 3),
-              "lk_small_kernel": 5, "epochs": 150, "lr": 5e-4,
+              "lk_small_kernel": 5, "epochs": 200, "lr": 5e-4,
               "report_every": 10, "checkpoint_every": 1, "n_pictures": 8},
     # tests: seconds
     "tiny": {"img_size": 32, "r_base": 4, "d_base": 4, "lk_kernels": (7, 5, 3, 1), "lk_small_kernel": 3,
