@@ -27,6 +27,7 @@ class ToyConfig:
     epochs: int = 3
     fail_at: int = -1            # epoch at which rank 0 fails once (-1 = never)
     marker: str = ""             # file whose absence means "not failed yet"
+    start_from: str | None = None  # an earlier run's checkpoint to start from (like GAN stage 2)
 
 
 PRESETS = {"tiny": {}, "small": {}, "paper": {}}
@@ -52,6 +53,9 @@ def train_toy(cfg: ToyConfig, report) -> dict:
         if final:
             metrics.update(final=1, image_AUROC=0.9, pixel_AUROC="unavailable",
                            pixel_AUROC_note="toy trainer has no pixel maps")
+            if cfg.start_from:
+                metrics.update(started_from_epoch=int(load_checkpoint(cfg.start_from)["epoch"]),
+                               KID_x1e3=1.5, clustered_LPIPS=0.25)
         state = {"epoch": epoch + 1, "weights": torch.full((2,), float(epoch))}
         if final:
             state["pictures"] = {"toy": torch.zeros(4, 4, 3, dtype=torch.uint8)}

@@ -132,3 +132,26 @@ def test_hpo_runs_one_optuna_study_per_category(ray_runtime, tmp_path, capsys):
     sampled = [float(c.data.params["lr"]) for c in children]
     assert len(set(sampled)) == 2 and all(1e-5 <= lr <= 3e-3 for lr in sampled)
     assert "Best trial per category" in out
+
+
+def test_two_phase_sweep_hands_each_checkpoint_to_its_dependents(ray_runtime, tmp_path, capsys):
+    """The GAN sweep's shape (stage 1 once, stage 2 per λ starting from it) with the toy trainer."""
+    from search_spaces.base import Phase, SweepPlan, TrialSpec
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    first = TrialSpec(TOY, "bolt-stage1-s0", "stage 1", "bolt", 0, {"stage": 1}, {"category": "bolt"})
+    second = tuple(TrialSpec(TOY, f"bolt-hole-lambda{lam:g}-s0", f"λ={lam:g}", "bolt", 0,
+                             {"stage": 2, "defect": "hole", "lambda_ms": lam}, {"category": "bolt"},
+                             needs=first.name, needs_key="start_from") for lam in (0.0, 0.1))
+    plan = SweepPlan("gan", "tiny", "embedded", "embedded", {"toy": True},
+                     (Phase("stage1", (first,)), Phase("stage2", second)))
+    resources = sweep.Resources(workers=1, gpus_per_trial=0, cpus_per_worker=1, max_concurrent=None)
+    run = sweep.Sweep(plan, {}, sweep.make_sweep_id(plan), resources, str(tmp_path / "storage"), uri, "toy")
+    assert run.run() == 0
+    out = capsys.readouterr().out
+    assert "3/3 trials finished" in out and "DFMGAN on bolt" in out
+    runs = {r.info.run_name: r for r in tracking.children(uri, tracking.find_parent(uri, run.sweep_id).info.run_id)}
+    assert set(runs) == {"bolt-stage1-s0", "bolt-hole-lambda0-s0", "bolt-hole-lambda0.1-s0"}
+    for name in ("bolt-hole-lambda0-s0", "bolt-hole-lambda0.1-s0"):
+        assert runs[name].data.metrics["started_from_epoch"] == 3  # stage 1's last checkpoint
+        assert runs[name].data.metrics["resumed_from"] == 0       # a fresh run, not a resume
