@@ -216,7 +216,11 @@ _ARCHITECTURE = ("category", "img_size", "r_base", "d_base", "df", "df_update", 
 
 
 def train_detector(cfg: DetectorConfig, report: Report) -> dict:
-    """Train and evaluate one category; returns the final metrics (also reported)."""
+    """Train and evaluate one category; returns the final metrics (also reported).
+
+    A checkpoint handed to `report` shares storage with the live weights: persist it (or
+    clone it) before returning, as the CLI and the Ray adapter do.
+    """
     from trainables.data import load_category, resolve_data
 
     device = pick_device(cfg.device)
