@@ -181,3 +181,44 @@ def test_classification_protocol_and_its_resume(stage1, tmp_path):
     resumed = train_classifier(config(**{**cfg.__dict__, "resume": str(tmp_path / "parts")}),
                                saving_report(tmp_path / "parts", log2))
     assert resumed["accuracy"] == metrics["accuracy"] and len(log2) == 1 + n_types + 1
+
+
+
+def _ddp_worker(rank: int, world_size: int, folder: str, port: int) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    from trainables.gan.train import load_images, run
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        cfg, log = config(batch=8, stage1_kimg=0.024), []
+        _, G_ema = run(cfg, 1, saving_report(Path(folder) / "ckpt", log) if rank == 0 else
+                       (lambda metrics, checkpoint=None: log.append((metrics, checkpoint))), load_images(cfg, 1)[0])
+        torch.save({"G_ema": checksums(G_ema.state_dict()), "n_reports": len(log),
+                    "checkpoints": sum(1 for entry in log if isinstance(entry, tuple) and entry[1] is not None)},
+                   Path(folder) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_stay_in_sync(tmp_path):
+    """World size 2 (gloo): each rank draws its own half batch, gradients are averaged, so the
+    ranks' weights stay identical (w_avg, a per-rank running mean used only for truncation,
+    may differ, as in the reference); both call report equally often, only rank 0 checkpoints."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path), port), nprocs=2, join=True)
+    rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    weights = [k for k in rank0["G_ema"] if not k.endswith("w_avg")]
+    assert len(weights) > 50 and all(rank0["G_ema"][k] == rank1["G_ema"][k] for k in weights)
+    assert rank0["n_reports"] == rank1["n_reports"] == 3 and rank1["checkpoints"] == 0
+    assert load_checkpoint(tmp_path / "ckpt")["iteration"] == 3

@@ -233,6 +233,10 @@ def load_backbone(G: Generator, state: dict) -> None:
 
 def sanitise_and_sync(params: list[torch.nn.Parameter], world_size: int) -> None:
     """nan_to_num every gradient (NaN -> 0, ±inf -> ±1e5) and average them over ranks."""
+    if world_size > 1:                     # every rank reduces the same list: missing grads count as zeros
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
     grads = [p.grad for p in params if p.grad is not None]
     if world_size > 1 and grads:
         flat = torch.cat([g.flatten() for g in grads])
