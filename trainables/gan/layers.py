@@ -144,14 +144,19 @@ class ModulatedConv(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_channels))
         self.noise_strength = nn.Parameter(torch.zeros([]))
         self.register_buffer("noise_const", torch.randn(resolution, resolution))
-        self.register_buffer("fir", fir_filter(), persistent=False)
+        if up:
+            # full 2-D convolution of a 3×3 kernel with the FIR (gain 4), flipped, as one linear map:
+            # placement[s, t, 5-u, 5-v] = 4·f[u-s, v-t] (an einsum, far faster than 9·C² tiny convs)
+            f, placement = fir_filter() * 4, torch.zeros(3, 3, 6, 6)
+            for s_ in range(3):
+                for t_ in range(3):
+                    placement[s_, t_, s_:s_ + 4, t_:t_ + 4] = f
+            self.register_buffer("up_placement", placement.flip(2, 3), persistent=False)
 
     def up_kernel(self) -> torch.Tensor:
         """The 3×3 weight composed with the FIR filter (gain 4) as one 6×6 stride-2 transposed conv:
         the reference's transposed conv followed by its blur, in one op. [C_in, C_out, 6, 6]"""
-        O, I = self.weight.shape[:2]
-        c = F_.conv_transpose2d(self.weight.reshape(O * I, 1, 3, 3), (self.fir * 4)[None, None])
-        return c.reshape(O, I, 6, 6).flip(2, 3).transpose(0, 1)
+        return torch.einsum("oist,stuv->iouv", self.weight, self.up_placement)
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: str = "random") -> torch.Tensor:
         N, C, H, W = x.shape
