@@ -160,10 +160,12 @@ class GanConfig:
 # Presets: flat deltas on the defaults (= the paper setting).
 PRESETS: dict[str, dict] = {
     "paper": {},
-    # a CPU laptop (spec §9's 64×64 smoke setting); the minute budgets of the CLI end the stages
+    # a CPU laptop: spec §9's 64×64 smoke networks, about 10 minutes per stage on 2 cores (the CLI's
+    # minute budgets may end a stage earlier); lr ×4 because 10 kimg is 1/300 of the paper's stage 1
+    # (at 0.0025 stage 1 still draws blobs after 4 minutes, at 0.01 it draws the object)
     "small": {"resolution": 64, "z_dim": 128, "w_dim": 128, "channel_base": 2048, "channel_max": 128,
-              "dmatch_channel_base": 512, "dmatch_channel_max": 32, "batch": 8,
-              "stage1_kimg": 200, "stage2_kimg": 100, "tick_kimg": 1.0, "ada_kimg": 100, "ada_kimg_stage2": 20,
+              "dmatch_channel_base": 512, "dmatch_channel_max": 32, "batch": 8, "lr": 0.01,
+              "stage1_kimg": 25, "stage2_kimg": 15, "tick_kimg": 1.0, "ada_kimg": 100, "ada_kimg_stage2": 20,
               "kid_gen": 1000, "clpips_gen": 200, "cls_per_type": 200, "cls_epochs": 10, "cls_img_size": 64},
     # tests: seconds
     "tiny": {"resolution": 32, "z_dim": 32, "w_dim": 32, "channel_base": 256, "channel_max": 32,
