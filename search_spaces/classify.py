@@ -11,7 +11,7 @@ from search_spaces.base import (Phase, SweepPlan, TrialSpec, check_extra, check_
 from search_spaces.gan import STAGE1_KEY
 from trainables.errors import UserInputError
 
-AXES = ("partition", STAGE1_KEY)
+AXES = ("partition", "partitions", STAGE1_KEY)
 
 
 def build(data: str = "embedded", categories=None, partitions: int = 3, seeds: int = 1, preset: str = "small",
@@ -37,7 +37,8 @@ def build(data: str = "embedded", categories=None, partitions: int = 3, seeds: i
                 runs.append(TrialSpec(
                     method="classifier", name=f"{category}-partition{partition}-s{seed}", group=f"P{partition + 1}",
                     category=category, seed=seed, params={"partition": partition},
-                    overrides={**extra, "category": category, "seed": seed, "partition": partition},
+                    overrides={**extra, "category": category, "seed": seed, "partition": partition,
+                               "partitions": partitions},
                     needs=first.name, needs_key=STAGE1_KEY))
     options = {"categories": list(categories), "partitions": partitions, "seeds": seeds, "set": extra}
     plan = SweepPlan("classify", preset, data, info.dataset, options,

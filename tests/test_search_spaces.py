@@ -1,16 +1,13 @@
 """Every search space instantiates, expands to the documented trials, and rejects bad input."""
 
-import importlib.util
-
 import pytest
 
 import search_spaces
 from search_spaces import hpo
+from search_spaces.base import trainer_config
 from search_spaces.ablation import PAPER_ROWS, Variant
 from trainables.data import EMBEDDED_CATEGORIES
 from trainables.errors import UserInputError
-
-HAS_GAN = importlib.util.find_spec("trainables.gan") is not None
 
 
 def test_paper_rows_follow_the_spec_mapping():
@@ -110,7 +107,6 @@ def test_hpo_rejects_bad_input(options, message):
         hpo.build(**{"categories": ["weave"], "preset": "tiny", **options})
 
 
-@pytest.mark.skipif(not HAS_GAN, reason="trainables.gan (the DFMGAN trainer) is not in this checkout yet")
 def test_gan_and_classify_spaces():
     gan = search_spaces.build("gan", categories=["bolt"], preset="tiny")
     stage1, stage2 = gan.phases
@@ -124,5 +120,11 @@ def test_gan_and_classify_spaces():
     with pytest.raises(UserInputError, match="lambda"):
         search_spaces.build("gan", categories=["bolt"], lambdas=[-1], preset="tiny")
     classify = search_spaces.build("classify", categories=["bolt", "weave"], preset="tiny")
-    assert sorted(t.name for t in classify.trials) == sorted(
+    stage1, protocol = classify.phases
+    assert [t.name for t in stage1.trials] == ["bolt-stage1-s0", "weave-stage1-s0"]
+    assert sorted(t.name for t in protocol.trials) == sorted(
         f"{c}-partition{p}-s0" for c in ("bolt", "weave") for p in range(3))
+    # the sweep's partition count reaches each trial's config, whatever the preset's default
+    assert {trainer_config("tiny", "embedded", t).partitions for t in protocol.trials} == {3}
+    with pytest.raises(UserInputError, match="set by the sweep itself"):
+        search_spaces.build("classify", categories=["bolt"], preset="tiny", extra={"partitions": 2})
