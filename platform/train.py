@@ -38,6 +38,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="output folder (default: runs/<method>/<category>)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--dry-run", action="store_true", help="print the resolved config as JSON; train nothing")
 
 
 def main(argv=None) -> int:

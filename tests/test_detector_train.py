@@ -148,7 +148,11 @@ def test_cli_prints_json_last_and_writes_pictures(root, tmp_path):
                           "--category", "carpet", "--preset", "tiny", "--set", "lk_kernels=4"],
                          cwd=REPO, capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "lk_kernels" in bad.stderr
-
+    planned = subprocess.run([sys.executable, "-m", "platform.train", "detector", "--data", str(root),
+                              "--category", "carpet", "--preset", "tiny", "--out", str(tmp_path / "dry"),
+                              "--set", "lr=0.002", "--dry-run"], cwd=REPO, capture_output=True, text=True)
+    assert planned.returncode == 0, planned.stderr
+    assert json.loads(planned.stdout)["lr"] == 0.002 and not (tmp_path / "dry").exists()
 
 
 def test_vgg19_features_load_from_a_provisioned_weight_file(root, tmp_path, monkeypatch):
