@@ -241,20 +241,27 @@ class Sweep:
         print(f"cost model: {self._cost_basis()}")
 
     def estimates(self) -> dict[str, float]:
+        """Expected seconds of each trial's trainer (platform/cost.py; Ray's overhead not included)."""
+        from platform import cost
+
         info = dataset_info(self.plan.data)
-        device = "gpu" if self.resources.gpus_per_trial else "cpu"
-        return {t.name: estimate_seconds(self.plan, t, info, device, self.resources.workers) for t in self.plan.trials}
+        workers = self.resources.workers
+        return {t.name: cost.trial_seconds(trainer_config(self.plan.preset, self.plan.data, t),
+                                           cost.Trial(t.method, info.n_train(t.category),
+                                                      len(info.defect_types(t.category))),
+                                           self.plan.preset, self._device(), workers)
+                for t in self.plan.trials}
+
+    def _device(self) -> str:
+        return "gpu" if self.resources.gpus_per_trial else "cpu"
 
     def _cpus(self) -> float:
         return self.resources.need()["CPU"]
 
     def _cost_basis(self) -> str:
-        device = "gpu" if self.resources.gpus_per_trial else "cpu"
-        step = STEP_SECONDS.get((self.plan.preset, device))
-        where = "measured on a 2-core CPU" if device == "cpu" and self.plan.preset != "paper" else \
-            "assumed, not measured here"
-        return (f"detector: steps x {step} s/step ({self.plan.preset} preset on {device}, {where}) + "
-                f"{FIXED_SECONDS[self.plan.preset]} s of loading and evaluation per trial")
+        from platform import cost
+
+        return cost.basis({t.method for t in self.plan.trials}, self.plan.preset, self._device())
 
     def record(self) -> dict:
         return {"sweep_id": self.sweep_id, "kind": self.plan.kind, "build": self.build_options,
@@ -284,8 +291,8 @@ class Sweep:
             began = time.monotonic()
             failed, slot_seconds = self._run_phases(resources, parent, configs)
             wall = time.monotonic() - began
-            built = tables.build_and_log(self.tracking_uri, parent, out_dir=Path(self.storage_local) / "tables"
-                                         if self.storage_local else None)
+            built = tables.build_and_log(self.tracking_uri, parent, out_dir=Path(self.storage_local) / self.sweep_id
+                                         / "tables" if self.storage_local else None)
             timing = overhead_summary(self.tracking_uri, parent, slot_seconds)
             tracking.close_parent(self.tracking_uri, parent, failed,
                                   {"sweep_wall_s": round(wall, 1), "failed_trials": failed, **timing})
@@ -629,34 +636,6 @@ def _build_options(args) -> dict:
             raise UserInputError(f"--seeds {args.seeds}: hpo runs one seed per study (seed 0)")
         options.update(samples=args.samples, row=args.row)
     return options
-
-
-# ---------------------------------------------------------------- cost model
-
-# Seconds per optimizer step of the detector, by (preset, device). cpu: measured on a 2-core
-# CPU machine (tiny 0.2 s, small 2.0 s at 64 px); gpu: assumed for one current GPU (DRAEM-size
-# nets at 256 px, batch 8: about 0.35 s), not measured here.
-STEP_SECONDS = {("tiny", "cpu"): 0.25, ("small", "cpu"): 2.0, ("paper", "cpu"): 60.0,
-                ("tiny", "gpu"): 0.02, ("small", "gpu"): 0.03, ("paper", "gpu"): 0.35}
-FIXED_SECONDS = {"tiny": 3, "small": 10, "paper": 120}   # data loading, evaluation, pictures
-
-
-def estimate_seconds(plan: SweepPlan, trial: TrialSpec, info, device: str, workers: int) -> float:
-    """Expected wall time of one trial's trainer (not counting Ray's per-trial overhead)."""
-    cfg = trainer_config(plan.preset, plan.data, trial)
-    step_s = STEP_SECONDS.get((plan.preset, device), STEP_SECONDS[("paper", device)])
-    fixed = FIXED_SECONDS.get(plan.preset, 120)
-    if trial.method == "detector":
-        n_train = info.n_train(trial.category)
-        per_epoch = cfg.steps_per_epoch or math.ceil(n_train / (cfg.batch_size * workers))
-        seconds = cfg.epochs * per_epoch * step_s
-    else:
-        kimg = float(getattr(cfg, "kimg", 0) or 0)
-        batch = float(getattr(cfg, "batch_size", 8) or 8)
-        seconds = kimg * 1000 / (batch * workers) * step_s
-    if getattr(cfg, "minutes", None):
-        seconds = min(seconds, cfg.minutes * 60)
-    return seconds + fixed
 
 
 # ---------------------------------------------------------------- reporting

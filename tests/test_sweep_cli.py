@@ -1,5 +1,6 @@
-"""The sweep CLI without Ray: dry runs, bad input, sweep ids."""
+"""The sweep CLI without Ray: dry runs, the cost model and its benchmark, bad input, sweep ids."""
 
+import json
 import os
 import subprocess
 import sys
@@ -31,8 +32,39 @@ def test_dry_run_of_the_full_paper_setting_starts_nothing(tmp_path, capsys):
     assert "1 worker (1 CPU, 1 GPU)" in out
     cost = next(line for line in lines if line.startswith("estimated cost:"))
     assert "trial-hours" in cost and "GPU-hours" in cost
-    # 15 categories x 7 rows x 3 seeds x 700 epochs x 10 steps x 0.35 s + 120 s each
-    assert f"{315 * (700 * 10 * 0.35 + 120) / 3600:.2f} trial-hours" in cost
+    # 15 categories x 7 rows x 3 seeds x 700 epochs x 10 steps x the step time + 120 s each
+    from platform.cost import STEP_SECONDS
+
+    step = STEP_SECONDS["detector"][("paper", "gpu")]
+    assert f"{315 * (700 * 10 * step + 120) / 3600:.2f} trial-hours" in cost
+
+
+def test_cost_model_counts_each_trainers_own_steps_and_budgets():
+    from platform import cost
+    from trainables.detector.train import make_config as detector_config
+    from trainables.gan import make_config as gan_config
+
+    step = {kind: table[("small", "cpu")] for kind, table in cost.STEP_SECONDS.items()}
+    fixed = cost.FIXED_SECONDS["small"]
+    detector = detector_config("small", {"category": "weave"})
+    assert cost.trial_seconds(detector, cost.Trial("detector", 80, 3), "small", "cpu", 1) == pytest.approx(
+        200 * 10 * step["detector"] + fixed)                       # 200 epochs x ceil(80 / 8) steps
+    budget = detector_config("small", {"category": "weave", "minutes": 1})
+    assert cost.trial_seconds(budget, cost.Trial("detector", 80, 3), "small", "cpu", 1) == 60 + fixed
+    gan = gan_config("small", {"category": "bolt"})
+    stage1 = 25_000 // 8 * step["gan_stage1"] + fixed             # stage1_kimg 25 at batch 8
+    assert cost.trial_seconds(gan, cost.Trial("gan_stage1", 80, 2), "small", "cpu", 1) == pytest.approx(stage1)
+    assert cost.trial_seconds(gan, cost.Trial("gan_stage1", 80, 2), "small", "cpu", 2) < stage1
+    stage2 = cost.trial_seconds(gan, cost.Trial("gan_stage2", 80, 2), "small", "cpu", 1)
+    assert stage2 == pytest.approx(15_000 // 8 * step["gan_stage2"] + fixed)
+    one = gan_config("small", {"category": "bolt", "partition": 0})
+    classifier = 10 * (2 * 200 // 8) * step["classifier"]         # 10 epochs over 2 types x 200 images
+    assert cost.trial_seconds(one, cost.Trial("classifier", 80, 2), "small", "cpu", 1) == pytest.approx(
+        2 * stage2 + classifier)
+    assert cost.basis({"detector"}, "small", "cpu").startswith(f"detector {step['detector']:g} s/step (small preset "
+                                                               f"on cpu, measured")
+    assert "gan_stage2" in cost.basis({"classifier"}, "paper", "gpu") and "estimated" in cost.basis(
+        {"classifier"}, "paper", "gpu")
 
 
 def test_dry_run_of_a_nested_sweep_prints_its_resources(capsys):
@@ -90,3 +122,14 @@ def test_help_runs_from_the_repo_root():
     proc = subprocess.run([sys.executable, "-m", "platform.sweep", "--help"], cwd=REPO, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0 and "ablation" in proc.stdout and "report" in proc.stdout
+
+
+def test_bench_times_a_step_of_every_trainer_the_cost_model_knows():
+    from platform.cost import STEP_SECONDS
+
+    result = subprocess.run([sys.executable, "-m", "platform.bench", "--preset", "tiny", "--threads", "1",
+                             "--seconds", "1"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert figures["preset"] == "tiny" and figures["threads"] == 1
+    assert set(figures["s_per_step"]) == set(STEP_SECONDS) and all(v > 0 for v in figures["s_per_step"].values())

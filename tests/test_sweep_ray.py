@@ -106,6 +106,7 @@ def test_ablation_sweep_end_to_end(ray_runtime, tmp_path, capsys):
     auroc = Path(client.download_artifacts(parent.info.run_id, "tables/v1/ablation_image_AUROC.md")).read_text()
     assert "–" not in auroc  # every cell filled
     assert "| 7 " in text and "99.70" in text
+    assert (tmp_path / "storage" / sweep_id / "tables" / "ablation_summary.md").read_text() == text
 
     # the same command again resumes the finished sweep: no new parent, no duplicate children
     assert sweep.main(argv) == 0
@@ -155,3 +156,28 @@ def test_two_phase_sweep_hands_each_checkpoint_to_its_dependents(ray_runtime, tm
     for name in ("bolt-hole-lambda0-s0", "bolt-hole-lambda0.1-s0"):
         assert runs[name].data.metrics["started_from_epoch"] == 3  # stage 1's last checkpoint
         assert runs[name].data.metrics["resumed_from"] == 0       # a fresh run, not a resume
+
+
+def test_gan_sweep_trains_stage1_once_and_stage2_per_lambda_from_it(ray_runtime, tmp_path, capsys):
+    """The real DFMGAN trainers (tiny preset) through the sweep: stage 1's checkpoint reaches
+    both stage-2 trials, which generate triplets; KID and LPIPS without weights are marked."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert sweep.main(["gan", "--categories", "bolt", "--defects", "hole", "--lambdas", "0", "0.1",
+                       "--preset", "tiny", "--storage", str(tmp_path / "storage"), "--tracking-uri", uri]) == 0
+    out = capsys.readouterr().out
+    sweep_id = re.search(r"^sweep (\S+):", out, re.M).group(1)
+    assert "3/3 trials finished" in out and "DFMGAN on bolt" in out
+    parent = tracking.find_parent(uri, sweep_id)
+    runs = {r.info.run_name: r for r in tracking.children(uri, parent.info.run_id)}
+    assert set(runs) == {"bolt-stage1-s0", "bolt-hole-lambda0-s0", "bolt-hole-lambda0.1-s0"}
+    client = tracking.client(uri)
+    for name in ("bolt-hole-lambda0-s0", "bolt-hole-lambda0.1-s0"):
+        run = runs[name]
+        assert run.data.params["defect"] == "hole" and run.data.metrics["stage"] == 2
+        assert 0 <= run.data.metrics["mask_coverage_ok"] <= 1
+        assert run.data.tags["KID_x1e3"] == "unavailable"  # no Inception weights here: never a number
+        pictures = {Path(f.path).name for f in client.list_artifacts(run.info.run_id, "pictures")}
+        assert {"triplets_grid.png", "triplet_000_image.png", "triplet_000_mask.png",
+                "triplet_000_good.png"} <= pictures
+    table = Path(client.download_artifacts(parent.info.run_id, "tables/v1/dfmgan_bolt.md")).read_text()
+    assert "DFMGAN λ=0.0" in table and "DFMGAN λ=0.1" in table and "unavailable" in table

@@ -1,0 +1,117 @@
+"""`python -m platform.bench`: seconds per training step of each trainer, the figures behind the
+dry-run cost model (platform/cost.py).
+
+Runs the real trainers in this process on one embedded category for a short wall-clock budget
+each (the detector, DFMGAN stage 1, stage 2 from that stage 1, and the classification
+protocol's ResNet-34), with `--threads` torch threads (1 is what a 1-CPU Ray trial gets), and
+prints a line per kind of step, then the figures as one JSON line, the last line of stdout.
+Not a test: it asserts nothing, it measures this machine.
+"""
+
+import argparse
+import dataclasses
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from platform.cli import run_main
+from trainables.checkpoint import save_checkpoint
+from trainables.data import EMBEDDED_CATEGORIES
+from trainables.detector.train import make_config as detector_config, train_detector
+from trainables.device import pick_device
+from trainables.gan import make_config as gan_config, train_gan_stage1, train_gan_stage2
+from trainables.gan.classify import train_and_test
+
+NEVER = 10 ** 9   # a step or tick count no benchmark reaches: the minute budget ends each run
+KINDS = ("detector", "gan_stage1", "gan_stage2", "classifier")   # the step kinds of platform/cost.py
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m platform.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default="small", help="tiny, small or paper (default: %(default)s)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--seconds", type=float, default=30, help="training time per trainer (default: %(default)s)")
+    parser.add_argument("--category", default="bolt", help="embedded category (default: %(default)s)")
+    parser.add_argument("--only", nargs="+", choices=KINDS, help="time only these kinds of step")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    device = str(pick_device(args.device))
+    minutes = args.seconds / 60
+    common = {"category": args.category, "device": device}
+    kinds = set(args.only or KINDS)
+    figures = {}
+    with tempfile.TemporaryDirectory(prefix="bench-") as folder:
+        if "detector" in kinds:
+            cfg = detector_config(args.preset, {**common, "epochs": NEVER, "minutes": minutes,
+                                                "report_every": NEVER, "checkpoint_every": 0, "n_pictures": 0})
+            figures["detector"] = _per_step(train_detector(cfg, _quiet), "step")
+        stage1 = Path(folder) / "stage1"
+        if kinds & {"gan_stage1", "gan_stage2"}:   # stage 2 starts from this stage 1
+            cfg = gan_config(args.preset, {**common, "stage1_kimg": NEVER, "stage1_minutes": minutes,
+                                           "tick_kimg": NEVER, "checkpoint_ticks": 0})
+            seconds = _per_step(train_gan_stage1(cfg, _keep_final(stage1)), "iteration")
+            if "gan_stage1" in kinds:
+                figures["gan_stage1"] = seconds
+        if "gan_stage2" in kinds:
+            defect = EMBEDDED_CATEGORIES[args.category][1][0]
+            cfg = gan_config(args.preset, {**common, "defect": defect, "stage1": str(stage1), "stage2_kimg": NEVER,
+                                           "stage2_minutes": minutes, "tick_kimg": NEVER, "checkpoint_ticks": 0,
+                                           "n_generate": 4, "n_pictures": 4, "kid_gen": 4, "clpips_gen": 4})
+            figures["gan_stage2"] = _per_step(train_gan_stage2(cfg, _quiet), "iteration")
+    if "classifier" in kinds:
+        figures["classifier"] = _classifier_step(gan_config(args.preset, common), args.seconds, device)
+
+    threads = torch.get_num_threads()
+    for kind, seconds in figures.items():
+        print(f"{kind:<11} {args.preset} on {device}, {threads} thread(s): {seconds:.4f} s/step", file=sys.stderr)
+    print(json.dumps({"preset": args.preset, "device": device, "threads": threads, "s_per_step": figures}))
+    return 0
+
+
+def _quiet(metrics: dict, checkpoint: dict | None = None) -> None:
+    pass
+
+
+def _keep_final(folder: Path):
+    def report(metrics: dict, checkpoint: dict | None = None) -> None:
+        if checkpoint is not None and metrics.get("final"):
+            save_checkpoint(folder, {k: v for k, v in checkpoint.items() if k != "pictures"})
+    return report
+
+
+def _per_step(metrics: dict, counter: str) -> float:
+    return round(metrics["train_seconds"] / max(metrics[counter], 1), 4)
+
+
+def _classifier_step(cfg, seconds: float, device: str) -> float:
+    """ResNet-34 steps on random images of the protocol's size; the difference of two runs, so
+    building the network and testing it do not count."""
+    size = cfg.cls_img_size or cfg.resolution
+    rng = np.random.default_rng(0)
+
+    def timed(steps: int) -> float:
+        n = steps * cfg.cls_batch
+        x = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+        y = np.arange(n) % 2
+        began = time.perf_counter()
+        train_and_test(dataclasses.replace(cfg, cls_epochs=1), x, y, x[:1], y[:1], 2, 0, device)
+        return time.perf_counter() - began
+
+    short = timed(2)
+    steps = max(4, int(seconds / max(short / 2, 1e-6)))
+    return round((timed(steps + 2) - short) / steps, 4)
+
+
+if __name__ == "__main__":
+    run_main(main)
