@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import search_spaces
+from platform import cost
 from platform.cli import run_main
 from search_spaces.base import SweepPlan, TrialSpec, dataset_info, trainer_config
 from trainables.config import parse_overrides, to_flat
@@ -242,14 +243,11 @@ class Sweep:
 
     def estimates(self) -> dict[str, float]:
         """Expected seconds of each trial's trainer (platform/cost.py; Ray's overhead not included)."""
-        from platform import cost
-
         info = dataset_info(self.plan.data)
-        workers = self.resources.workers
         return {t.name: cost.trial_seconds(trainer_config(self.plan.preset, self.plan.data, t),
                                            cost.Trial(t.method, info.n_train(t.category),
                                                       len(info.defect_types(t.category))),
-                                           self.plan.preset, self._device(), workers)
+                                           self.plan.preset, self._device(), self.resources.workers)
                 for t in self.plan.trials}
 
     def _device(self) -> str:
@@ -259,8 +257,6 @@ class Sweep:
         return self.resources.need()["CPU"]
 
     def _cost_basis(self) -> str:
-        from platform import cost
-
         return cost.basis({t.method for t in self.plan.trials}, self.plan.preset, self._device())
 
     def record(self) -> dict:
