@@ -60,9 +60,9 @@ def main(argv=None) -> int:
         if kinds & {"gan_stage1", "gan_stage2"}:   # stage 2 starts from this stage 1
             cfg = gan_config(args.preset, {**common, "stage1_kimg": NEVER, "stage1_minutes": minutes,
                                            "tick_kimg": NEVER, "checkpoint_ticks": 0})
-            seconds = _per_step(train_gan_stage1(cfg, _keep_final(stage1)), "iteration")
+            per_step = _per_step(train_gan_stage1(cfg, _keep_final(stage1)), "iteration")
             if "gan_stage1" in kinds:
-                figures["gan_stage1"] = seconds
+                figures["gan_stage1"] = per_step
         if "gan_stage2" in kinds:
             defect = EMBEDDED_CATEGORIES[args.category][1][0]
             cfg = gan_config(args.preset, {**common, "defect": defect, "stage1": str(stage1), "stage2_kimg": NEVER,

@@ -5,8 +5,8 @@ A trial costs its number of steps times the time of one step, capped by its wall
 evaluation and pictures. Step times come from the table below, by kind of step, preset and
 device; the CPU figures were measured with `python -m platform.bench` on this project's 2-core
 machine with one core per trial (as a local sweep runs them), the GPU figures are estimates,
-and the printout says which kind it used. Not here: Ray's own per-trial overhead, which each sweep measures and
-records (`overhead_s`, platform/tracking.py).
+and the printout says which kind it used. Not here: Ray's own per-trial overhead, which each
+sweep measures and records (`overhead_s`, platform/tracking.py).
 """
 
 import math
@@ -45,7 +45,7 @@ class Trial:
 
 def trial_seconds(cfg, trial: Trial, preset: str, device: str, workers: int) -> float:
     """Expected wall time of one trial's trainer (device: "cpu" | "gpu")."""
-    step = {kind: table.get((preset, device), table[("paper", device)]) for kind, table in STEP_SECONDS.items()}
+    step = {kind: step_seconds(kind, preset, device) for kind in STEP_SECONDS}
     fixed = FIXED_SECONDS.get(preset, FIXED_SECONDS["paper"])
     if trial.method == "detector":
         per_epoch = cfg.steps_per_epoch or math.ceil(trial.n_train / (cfg.batch_size * workers))
@@ -70,10 +70,16 @@ def basis(methods, preset: str, device: str) -> str:
     kinds = [kind for kind in STEP_SECONDS if any(kind in STEPS_OF.get(method, ()) for method in methods)]
     where = "measured on a 2-core CPU, 1 core per trial" if (preset, device) in MEASURED else \
         "partly or wholly estimated, see platform/cost.py; `python -m platform.bench` measures yours"
-    steps = ", ".join(f"{kind} {STEP_SECONDS[kind].get((preset, device), STEP_SECONDS[kind][('paper', device)]):g}"
-                      f" s/step" for kind in kinds) or "no step model for these trainers"
+    steps = ", ".join(f"{kind} {step_seconds(kind, preset, device):g} s/step" for kind in kinds) \
+        or "no step model for these trainers"
     return f"{steps} ({preset} preset on {device}, {where}) + {FIXED_SECONDS.get(preset, 120)} s per trial " \
            f"of loading and evaluation; capped by the trials' minute budgets"
+
+
+def step_seconds(kind: str, preset: str, device: str) -> float:
+    """A kind of step's time; a preset outside the table costs like `paper`."""
+    table = STEP_SECONDS[kind]
+    return table.get((preset, device), table[("paper", device)])
 
 
 def _gan_iterations(kimg: float, batch: int) -> int:

@@ -4,8 +4,8 @@ import pytest
 
 import search_spaces
 from search_spaces import hpo
-from search_spaces.base import trainer_config
 from search_spaces.ablation import PAPER_ROWS, Variant
+from search_spaces.base import trainer_config
 from trainables.data import EMBEDDED_CATEGORIES
 from trainables.errors import UserInputError
 
