@@ -19,8 +19,7 @@ torch.distributed is initialised with more than one process. Only rank 0 evaluat
 import copy
 import math
 import time
-from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Callable
 
 import numpy as np
 import torch
@@ -28,7 +27,8 @@ import torch.nn as nn
 import torch.nn.functional as F_
 
 from trainables.checkpoint import load_checkpoint, rng_state, set_rng_state
-from trainables.config import build_config, to_flat
+from trainables.config import to_flat
+from trainables.detector.config import PRESETS, DetectorConfig, make_config
 from trainables.detector.losses import DetectorLoss
 from trainables.detector.metrics import detection_metrics
 from trainables.detector.model import (DefectPredictor, EncoderFeatures, ReconstructionNet, VGGFeatures,
@@ -39,123 +39,6 @@ from trainables.errors import UserInputError
 
 Report = Callable[..., None]
 DF_DEFAULT_LAYERS = {"ae_encoder": (3, 4, 5), "vgg19": (1, 2, 3)}  # spec §4.3
-
-
-@dataclass(frozen=True)
-class DetectorConfig:
-    """Every knob of a detector run; defaults are the paper setting (preset `paper`)."""
-    # run identity
-    data: str = "embedded"                 # "embedded" or a folder in the MVTec AD layout
-    category: str = ""
-    seed: int = 0
-    preset: str = "paper"
-    device: str = "auto"                   # auto | cpu | cuda[:i]
-    resume: str | None = None              # checkpoint directory to resume from
-    # data and synthesis (paper §3.1, spec §4.1)
-    img_size: int = 256                    # px; a multiple of 32
-    anomaly_source: Literal["mvtec", "dtd", "mvtec_defects"] = "mvtec"
-    source_per_category: int = 0           # images per other category in the pool; 0 = all
-    dtd_root: str | None = None            # DTD folder for anomaly_source=dtd; absent = procedural bank
-    fg_aware: bool = True                  # masks only on the object's foreground
-    p_anom: float = 0.5                    # fraction of anomalous samples
-    opacity_range: tuple[float, ...] = (0.1, 1.0)  # blend opacity α ~ U(lo, hi)
-    perlin_scale_max: int = 5              # Perlin lattice 2^U{0..max} per axis
-    perlin_threshold: float = 0.5
-    n_augmenters: int = 3                  # of DRAEM's 10, without replacement
-    rot_p: float = 0.3                     # probability of rotating the normal image
-    rot_deg: float = 45.0                  # rotation U(−deg, deg)
-    # networks (paper §3.2, §3.3)
-    r_base: int = 128                      # width of R's first block (DRAEM: 128)
-    d_base: int = 64                       # width of D's first block (DRAEM: 64)
-    df: bool = True                        # deep-feature consistency loss (ablation 4.4.1)
-    df_update: Literal["copy", "grad"] = "copy"   # F by parameter copying or by gradient (4.4.3)
-    df_source: Literal["ae_encoder", "vgg19"] = "ae_encoder"  # F's architecture (spec §4.3 A or B)
-    df_layers: tuple[int, ...] = ()        # F levels in L_DF; () = (3, 4, 5) for ae_encoder, (1, 2, 3) for vgg19
-    df_copy_every: int = 1                 # copy R.encoder -> F every this many steps
-    df_normalize: bool = False             # divide each L_DF level by its mean squared target
-    weights_dir: str | None = None         # where vgg19 weights are looked up (plus the defaults)
-    lk: bool = True                        # large-kernel units in D (ablation 4.4.1)
-    lk_kernels: tuple[int, ...] = (31, 29, 27, 13)   # k at D's e3..e6 (RepLKNet-31B)
-    lk_small_kernel: int = 5
-    detach_reconstruction: bool = False    # True: no focal-loss gradient into R (DRAEM: False)
-    # objective (spec §4.5, mapping A)
-    w_l2: float = 1.0
-    w_ssim: float = 0.8
-    w_df: float = 0.2
-    w_focal: float = 1.0
-    ssim_window: int = 11
-    focal_gamma: float = 2.0
-    # optimisation (paper §4.1 via DRAEM)
-    epochs: int = 700                      # an epoch = as many samples as training images
-    steps_per_epoch: int = 0               # 0 = ceil(N_train / (batch_size · world_size))
-    batch_size: int = 8                    # per process
-    lr: float = 1e-4
-    lr_milestones: tuple[float, ...] = (4 / 7, 6 / 7)   # fractions of training (400/700, 600/700)
-    lr_gamma: float = 0.1
-    minutes: float | None = None           # wall-clock training budget; None = all epochs
-    # evaluation and reporting
-    score_kernel: int = 21                 # image score = max of the k×k mean-filtered map at 256 px; scaled
-    aupro_limit: float = 0.3
-    eval_batch_size: int = 16
-    eval_reparam: bool = True              # evaluate D with its large kernels fused
-    n_pictures: int = 6                    # test images in the anomaly-map picture
-    report_every: int = 1                  # epochs between reports
-    checkpoint_every: int = 1              # reports between checkpoints; 0 = only the final one
-
-    def validate(self) -> None:
-        if not self.category:
-            raise UserInputError("category: expected a category name (e.g. --category weave)")
-        if self.img_size < 32 or self.img_size % 32:
-            raise UserInputError(f"img_size={self.img_size}: expected a multiple of 32 (D pools 5 times)")
-        if len(self.opacity_range) != 2 or not 0 <= self.opacity_range[0] <= self.opacity_range[1] <= 1:
-            raise UserInputError(f"opacity_range={list(self.opacity_range)}: expected [lo, hi] with 0 <= lo <= hi <= 1")
-        if not 0 <= self.p_anom <= 1 or not 0 <= self.rot_p <= 1:
-            raise UserInputError("p_anom and rot_p: expected probabilities in [0, 1]")
-        if not 0 <= self.n_augmenters <= 10:
-            raise UserInputError(f"n_augmenters={self.n_augmenters}: expected 0..10")
-        bad_layers = [level for level in self.df_layers if level not in (1, 2, 3, 4, 5)]
-        if bad_layers:
-            raise UserInputError(f"df_layers={list(self.df_layers)}: expected levels in 1..5")
-        if self.lk and not 1 <= len(self.lk_kernels) <= 6:
-            raise UserInputError(f"lk_kernels={list(self.lk_kernels)}: expected 1 to 6 kernel sizes")
-        if any(k < 1 or k % 2 == 0 for k in self.lk_kernels) or self.lk_small_kernel % 2 == 0:
-            raise UserInputError(f"lk_kernels={list(self.lk_kernels)}, lk_small_kernel={self.lk_small_kernel}: "
-                                 "expected odd sizes")
-        positive = {"r_base": self.r_base, "d_base": self.d_base, "epochs": self.epochs,
-                    "batch_size": self.batch_size, "eval_batch_size": self.eval_batch_size,
-                    "report_every": self.report_every, "df_copy_every": self.df_copy_every,
-                    "ssim_window": self.ssim_window, "score_kernel": self.score_kernel}
-        for name, value in positive.items():
-            if value < 1:
-                raise UserInputError(f"{name}={value}: expected a positive integer")
-        if self.lr <= 0 or self.minutes is not None and self.minutes <= 0:
-            raise UserInputError("lr and minutes: expected positive numbers")
-        if any(not 0 < m < 1 for m in self.lr_milestones):
-            raise UserInputError(f"lr_milestones={list(self.lr_milestones)}: expected fractions in (0, 1)")
-
-    @property
-    def leaky(self) -> bool:
-        """The paper-literal source reads (other categories') test images."""
-        return self.anomaly_source == "mvtec_defects"
-
-
-# Presets: flat deltas on the defaults (= the paper setting).
-PRESETS: dict[str, dict] = {
-    "paper": {},
-    # a CPU laptop: 64 px, narrow nets, kernels of RepLKNet-31B clipped to each stage's reach
-    # (2·H−1 at 16, 8, 4, 2 px), a higher learning rate for a 5-minute budget.
-    "small": {"img_size": 64, "r_base": 16, "d_base": 16, "lk_kernels": (31, 15, 7, 3),
-              "lk_small_kernel": 5, "epochs": 200, "lr": 5e-4,
-              "report_every": 10, "checkpoint_every": 1, "n_pictures": 8},
-    # tests: seconds
-    "tiny": {"img_size": 32, "r_base": 4, "d_base": 4, "lk_kernels": (7, 5, 3, 1), "lk_small_kernel": 3,
-             "epochs": 2, "steps_per_epoch": 2, "batch_size": 4, "lr": 1e-3, "source_per_category": 2,
-             "eval_batch_size": 8, "n_pictures": 2},
-}
-
-
-def make_config(preset: str = "small", overrides: dict | None = None) -> DetectorConfig:
-    return build_config(DetectorConfig, PRESETS, preset, overrides)
 
 
 def synthesis_params(cfg: DetectorConfig) -> SynthesisParams:
