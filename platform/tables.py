@@ -1,12 +1,16 @@
 """Result tables of a sweep, built from MLflow runs alone, in the papers' layouts.
 
-Input: a sweep's parent run and its child runs (params `category`, `group`, `seed` and the
-switches; final metrics under their stable names; a metric that could not be computed is a
-tag "unavailable"). Output, by sweep kind:
+Input: a sweep's parent run, its plan (`plan.json`: every planned trial's category, group,
+seed and switches) and its child runs (final metrics under their stable names; a metric that
+could not be computed is a tag "unavailable"). Tables are laid out from the plan, not from the
+runs that happen to exist: a planned trial that did not finish is a missing cell (–), and a
+mean says over how many of the planned (category, seed) pairs it is taken (n/N). Seeds are
+matched by their number, never by position. Output, by sweep kind:
 
 - ablation: per metric (image AUROC, pixel AUROC, pixel AP, image AP), a category x ablation-row
   table of seed means with a mean row, and the same as mean ± std over seeds; the summary in
-  the layout of Table 4 of Peng et al. (row 1 = DRAEM's published numbers, a reference).
+  the layout of Table 4 of Peng et al. (row 1 = DRAEM's published numbers, a reference), whose
+  switch columns use the config's names (df, lk, anomaly_source, df_update).
 - gan: per category, DFMGAN's Table 1 layout: rows = λ, columns = KID×10³ and clustered LPIPS
   per defect type.
 - classify: accuracy per category x partition, with mean ± std.
@@ -18,6 +22,7 @@ so rebuilding never writes the same name twice. Metric values are shown in perce
 papers (KID×10³ and LPIPS as they are). Not here: MLflow writes other than the tables.
 """
 
+import json
 import math
 import statistics
 from dataclasses import dataclass, field
@@ -53,6 +58,23 @@ class Table:
 
 
 @dataclass
+class Planned:
+    """One trial of the plan: where its cell is."""
+    name: str
+    category: str
+    group: str
+    seed: int
+    params: dict                 # labels (paper row, grid, honest source name)
+    switches: dict               # its config's switch fields (df, lk, anomaly_source, λ, ...)
+
+    @classmethod
+    def from_dict(cls, entry: dict) -> "Planned":
+        return cls(entry["name"], entry["category"], entry["group"], int(entry["seed"]),
+                   {k: str(v) for k, v in entry["params"].items()},
+                   {k: str(v) for k, v in entry.get("switches", {}).items()})
+
+
+@dataclass
 class Trial:
     """One child run, reduced to what tables need."""
     name: str
@@ -74,7 +96,12 @@ def build_and_log(tracking_uri: str, parent_run_id: str, out_dir: Path | None = 
     client = tracking.client(tracking_uri)
     parent = client.get_run(parent_run_id)
     trials = [_trial(run) for run in tracking.children(tracking_uri, parent_run_id)]
-    built = build(parent.data.tags.get("sweep_kind", "ablation"), trials, parent.data.tags.get("dataset", "?"))
+    planned = None
+    if any(f.path == "plan.json" for f in client.list_artifacts(parent_run_id)):
+        plan = json.loads(Path(client.download_artifacts(parent_run_id, "plan.json")).read_text())
+        planned = [Planned.from_dict(entry) for entry in plan]
+    built = build(parent.data.tags.get("sweep_kind", "ablation"), trials, parent.data.tags.get("dataset", "?"),
+                  planned)
     version = next_version(client, parent_run_id)
     _forget_logged_tables(client, parent)
     for table in built:
@@ -89,17 +116,25 @@ def build_and_log(tracking_uri: str, parent_run_id: str, out_dir: Path | None = 
     return built
 
 
-def build(kind: str, trials: list[Trial], dataset: str) -> list[Table]:
-    builders = {"ablation": ablation_tables, "gan": gan_tables, "classify": classify_tables, "hpo": hpo_tables}
-    tables = builders[kind](trials)
+def build(kind: str, trials: list[Trial], dataset: str, planned: list["Planned"] | None = None) -> list[Table]:
+    """The sweep's tables from its runs, laid out by its plan (by the runs when there is none)."""
+    if planned is None:
+        planned = [Planned(t.name, t.category, t.group, t.seed, t.params, t.params) for t in trials]
+    if kind == "hpo":
+        tables = hpo_tables(trials)
+    else:
+        builders = {"ablation": ablation_tables, "gan": gan_tables, "classify": classify_tables}
+        tables = builders[kind](planned, {t.name: t for t in trials})
     if dataset == "embedded":
         for table in tables:
             table.notes.append("dataset=embedded (synthetic): not comparable with the papers' MVTec AD numbers.")
-    failed = sorted(t.name for t in trials if t.status != "FINISHED")
-    if failed:
+    finished = {t.name for t in trials if t.status == "FINISHED"}
+    unfinished = [p.name for p in planned if p.name not in finished] if kind != "hpo" else []
+    if unfinished:
         for table in tables:
-            table.notes.append(f"{len(failed)} trials did not finish ({', '.join(failed[:5])}"
-                               f"{', ...' if len(failed) > 5 else ''}); their cells are missing ({MISSING}).")
+            table.notes.append(f"{len(unfinished)} of {len(planned)} planned trials did not finish "
+                               f"({', '.join(unfinished[:5])}{', ...' if len(unfinished) > 5 else ''}); their "
+                               f"cells are missing ({MISSING}) and means say over how many they are taken (n/N).")
     return tables
 
 
@@ -114,7 +149,6 @@ def _forget_logged_tables(client, parent) -> None:
     """Drop earlier versions from the tag `mlflow.loggedArtifacts`, which `log_table` extends with
     every table it writes and which the store caps at 8,000 characters: a few rebuilds of a
     sweep's 27 tables would otherwise fail. The files of earlier versions stay."""
-    import json
 
     key = "mlflow.loggedArtifacts"
     logged = json.loads(parent.data.tags.get(key, "[]"))
@@ -131,57 +165,65 @@ def next_version(client, run_id: str) -> int:
 
 # ---------------------------------------------------------------- ablation (Peng et al. 2024)
 
-def ablation_tables(trials: list[Trial]) -> list[Table]:
-    from search_spaces.ablation import DRAEM_REFERENCE, PAPER_ROWS, REFERENCE_ROW
+SWITCH_HEADERS = {"df": "df (deep features)", "lk": "lk (large kernel)", "anomaly_source": "anomaly_source",
+                  "df_update": "df_update (F training)"}
 
-    groups = _ordered_groups(trials)
-    categories = sorted({t.category for t in trials})
-    seeds = sorted({t.seed for t in trials})
+
+def ablation_tables(planned: list[Planned], runs: dict[str, Trial]) -> list[Table]:
+    from search_spaces.ablation import DRAEM_REFERENCE, PAPER_ROWS, PROCEDURAL, REFERENCE_ROW
+
+    groups = _ordered_groups(planned)
+    categories = sorted({p.category for p in planned})
     tables = []
     for metric in DETECTOR_METRICS:
-        cells = _cells(trials, metric)
-        means = pd.DataFrame({g: [_fmt_mean(cells.get((c, g))) for c in categories] for g in groups},
+        cells = _cells(planned, runs, metric)
+        means = pd.DataFrame({g: [_fmt_cell(cells[(c, g)]) for c in categories] for g in groups},
                              index=pd.Index(categories, name="category"))
-        means.loc["mean"] = [_fmt_mean(_mean_over_categories(cells, categories, g, seeds, by_seed=False))
-                             for g in groups]
-        tables.append(Table(f"ablation_{metric}", f"{metric} (%) per category and ablation row, mean over "
-                                                  f"{len(seeds)} seed(s)", means))
-        spread = pd.DataFrame({g: [_fmt_pm(cells.get((c, g))) for c in categories] for g in groups},
+        means.loc["mean"] = [_fmt_over(cells, g, by_seed=False) for g in groups]
+        tables.append(Table(f"ablation_{metric}", f"{metric} (%) per category and ablation row, mean over seeds",
+                            means))
+        spread = pd.DataFrame({g: [_fmt_cell(cells[(c, g)], pm=True) for c in categories] for g in groups},
                               index=pd.Index(categories, name="category"))
-        spread.loc["mean"] = [_fmt_pm(_mean_over_categories(cells, categories, g, seeds, by_seed=True))
-                              for g in groups]
+        spread.loc["mean"] = [_fmt_over(cells, g, by_seed=True) for g in groups]
         tables.append(Table(f"ablation_{metric}_pm", f"{metric} (%) per category and ablation row, mean ± std "
                                                      f"over seeds (mean row: std of the per-seed means)", spread))
 
     # Table 4 layout: one line per row / variant; measured means over categories and seeds
-    switches = {t.group: t.params for t in trials}
+    first = {}
+    for p in planned:
+        first.setdefault(p.group, p)
     lines = []
     if any(g.startswith("row ") for g in groups):
         _, (auroc, ap) = PAPER_ROWS[REFERENCE_ROW]
-        lines.append({"Number": f"1 ({DRAEM_REFERENCE})", "Deep Features": "", "Large Kernel": "",
-                      "MVTec AD": "", "DTD": "✓", "Parameter Copying": "", "Gradient Update": "",
+        lines.append({"Number": f"1 ({DRAEM_REFERENCE})", SWITCH_HEADERS["df"]: "", SWITCH_HEADERS["lk"]: "",
+                      "anomaly_source": "dtd", SWITCH_HEADERS["df_update"]: "",
                       **{_short(m): MISSING for m in DETECTOR_METRICS}, "paper AUROC": f"{auroc:.2f}",
                       "paper AP": f"{ap:.2f}"})
-    metric_cells = {m: _cells(trials, m) for m in DETECTOR_METRICS}
+    metric_cells = {m: _cells(planned, runs, m) for m in DETECTOR_METRICS}
+    procedural = False
     for group in groups:
-        p = switches[group]
+        p, s = first[group].params, first[group].switches
         row = p.get("paper_row", "-")
         paper = PAPER_ROWS.get(int(row))[1] if str(row).isdigit() else None
+        source = p.get("texture_source") or s.get("anomaly_source", "?")
+        procedural |= source == PROCEDURAL
+        df_on = _true(s.get("df"))
         lines.append({
             "Number": row if str(row).isdigit() else group,
-            "Deep Features": _tick(p.get("deep_features")), "Large Kernel": _tick(p.get("large_kernel")),
-            "MVTec AD": _tick(p.get("anomaly_source") != "dtd"), "DTD": _tick(p.get("anomaly_source") == "dtd"),
-            "Parameter Copying": _tick(p.get("df_update") == "copy"),
-            "Gradient Update": _tick(p.get("df_update") == "grad"),
-            **{_short(m): _fmt_pm(_mean_over_categories(metric_cells[m], categories, group, seeds, by_seed=True))
-               for m in DETECTOR_METRICS},
+            SWITCH_HEADERS["df"]: _tick(df_on), SWITCH_HEADERS["lk"]: _tick(_true(s.get("lk"))),
+            "anomaly_source": source, SWITCH_HEADERS["df_update"]: s.get("df_update", "") if df_on else "",
+            **{_short(m): _fmt_over(metric_cells[m], group, by_seed=True) for m in DETECTOR_METRICS},
             "paper AUROC": f"{paper[0]:.2f}" if paper else MISSING,
             "paper AP": f"{paper[1]:.2f}" if paper else MISSING})
     summary = pd.DataFrame(lines).set_index("Number")
-    tables.insert(0, Table("ablation_summary", f"Ablation summary in the layout of Table 4 (means over "
-                                               f"{len(categories)} categories, ± std over {len(seeds)} seed(s); %)",
-                           summary, ["The paper's AP is ambiguous (spec detector.md §1): compare it with both "
-                                     "image AP and pixel AP. Row mapping: spec detector.md §2.2 (an inference)."]))
+    notes = ["Means over categories, ± std over seeds (per-seed means), with n/N = finished of planned "
+             "(category, seed) pairs. The paper's AP is ambiguous (docs/detector.md §5): compare it with both "
+             "image AP and pixel AP. Row mapping: docs/detector.md §2 (an inference)."]
+    if procedural:
+        notes.append(f"{PROCEDURAL}: no DTD root was given, so the procedural texture bank stood in for DTD "
+                     f"(--set dtd_root=PATH for the real DTD); these rows are not the paper's DTD rows.")
+    tables.insert(0, Table("ablation_summary", f"Ablation summary in the layout of Table 4 ({len(categories)} "
+                                               f"categories; %)", summary, notes))
     return tables
 
 
@@ -190,30 +232,32 @@ def _short(metric: str) -> str:
     return f"{kind} {name}"
 
 
-def _tick(value) -> str:
-    return "✓" if str(value).lower() in ("true", "1") else ""
+def _true(value) -> bool:
+    return str(value).lower() in ("true", "1")
+
+
+def _tick(value: bool) -> str:
+    return "✓" if value else ""
 
 
 # ---------------------------------------------------------------- DFMGAN (Duan et al. 2023)
 
-def gan_tables(trials: list[Trial]) -> list[Table]:
+def gan_tables(planned: list[Planned], runs: dict[str, Trial]) -> list[Table]:
     """Table 1 layout per category: rows = λ, columns = (defect type, KID×10³ / clustered LPIPS)."""
-    stage2 = [t for t in trials if t.params.get("stage") == "2"]
+    stage2 = [p for p in planned if p.params.get("stage") == "2"]
     tables = []
-    for category in sorted({t.category for t in stage2}):
-        mine = [t for t in stage2 if t.category == category]
-        defects = sorted({t.params.get("defect", "?") for t in mine})
-        lambdas = sorted({t.params.get("lambda_ms", "?") for t in mine}, key=_as_float)
-        seeds = sorted({t.seed for t in mine})
+    for category in sorted({p.category for p in stage2}):
+        mine = [p for p in stage2 if p.category == category]
+        defects = sorted({p.switches.get("defect", "?") for p in mine})
+        lambdas = sorted({p.switches.get("lambda_ms", "?") for p in mine}, key=_as_float)
+        seeds = sorted({p.seed for p in mine})
         columns = {}
         for defect in defects:
             for metric, label in (("KID_x1e3", "KID×10³ ↓"), ("clustered_LPIPS", "cLPIPS ↑")):
-                values = {}
-                for t in mine:
-                    if t.params.get("defect") == defect:
-                        values.setdefault(t.params.get("lambda_ms"), []).append(t.values.get(metric))
-                columns[f"{defect} {label}"] = [_fmt_pm(_collect(values.get(lam)), scale=1, digits=3)
-                                                for lam in lambdas]
+                cells = {lam: _merged(_cells([p for p in mine if p.switches.get("defect") == defect
+                                              and p.switches.get("lambda_ms") == lam], runs, metric))
+                         for lam in lambdas}
+                columns[f"{defect} {label}"] = [_fmt_cell(cells[lam], pm=True, scale=1, digits=3) for lam in lambdas]
         frame = pd.DataFrame(columns, index=pd.Index([f"DFMGAN λ={lam}" for lam in lambdas], name="method"))
         tables.append(Table(f"dfmgan_{category}", f"DFMGAN on {category}: KID×10³ and clustered LPIPS per "
                                                   f"defect type (Table 1 layout), ± std over {len(seeds)} seed(s)",
@@ -223,21 +267,31 @@ def gan_tables(trials: list[Trial]) -> list[Table]:
 
 # ---------------------------------------------------------------- classification protocol
 
-def classify_tables(trials: list[Trial]) -> list[Table]:
-    trials = [t for t in trials if "partition" in t.params]  # not the stage-1 runs
-    categories = sorted({t.category for t in trials})
-    partitions = sorted({int(t.params.get("partition", 0)) for t in trials})
+def classify_tables(planned: list[Planned], runs: dict[str, Trial]) -> list[Table]:
+    planned = [p for p in planned if p.switches.get("partition", "None") not in ("None", "")]
+    categories = sorted({p.category for p in planned})
+    partitions = sorted({int(p.switches["partition"]) for p in planned})
     rows = {}
     for category in categories:
-        by_partition = {p: _collect([t.values.get("accuracy") for t in trials
-                                     if t.category == category and int(t.params.get("partition", 0)) == p])
-                        for p in partitions}
-        means = [statistics.mean(v) for v in by_partition.values() if isinstance(v, list) and v]
-        rows[category] = [_fmt_mean(by_partition[p]) for p in partitions] + [_fmt_pm(means)]
+        cells = {part: _merged(_cells([p for p in planned if p.category == category
+                                       and int(p.switches["partition"]) == part], runs, "accuracy"))
+                 for part in partitions}
+        means = [statistics.mean(cell.values.values()) for cell in cells.values()
+                 if cell.values and not cell.unavailable]
+        rows[category] = [_fmt_cell(cells[part]) for part in partitions] + [_fmt_pm(means or None)]
     frame = pd.DataFrame.from_dict(rows, orient="index", columns=[f"P{p + 1} Acc" for p in partitions] + ["mean ± std"])
     frame.index.name = "category"
     return [Table("classification_accuracy", "Defect classification accuracy (%) per partition (Table 2 layout)",
                   frame)]
+
+
+def _merged(cells: dict[tuple[str, str], "Cell"]) -> "Cell":
+    """One table position made of cells that differ only in category or group."""
+    merged = Cell([], {})
+    for cell in cells.values():
+        merged.planned += cell.planned
+        merged.values.update(cell.values)
+    return merged
 
 
 # ---------------------------------------------------------------- HPO
@@ -270,45 +324,69 @@ def _trial(run) -> Trial:
                  status=run.info.status, params=params, values=values)
 
 
-def _ordered_groups(trials: list[Trial]) -> list[str]:
+def _ordered_groups(planned: list[Planned]) -> list[str]:
     """Ablation rows in their natural order (row 2 .. row 8; factorial in plan order)."""
+    order = list(dict.fromkeys(p.group for p in planned))
+
     def key(group: str):
-        return (0, int(group.split()[1])) if group.startswith("row ") and group.split()[1].isdigit() else (1, group)
-    return sorted({t.group for t in trials}, key=key)
+        row = group.split()[1] if group.startswith("row ") else ""
+        return (0, int(row), 0) if row.isdigit() else (1, 0, order.index(group))
+    return sorted(order, key=key)
 
 
-def _cells(trials: list[Trial], metric: str) -> dict:
-    """(category, group) -> list of per-seed values (floats), or "unavailable"."""
-    cells: dict = {}
-    for t in trials:
-        if t.status != "FINISHED":
+@dataclass
+class Cell:
+    """One (category, group) cell: the planned seeds and the finished seeds' values."""
+    planned: list[int]
+    values: dict                 # seed -> float; a cell with any "unavailable" value is UNAVAILABLE
+
+    @property
+    def unavailable(self) -> bool:
+        return any(v == UNAVAILABLE for v in self.values.values())
+
+
+def _cells(planned: list[Planned], runs: dict[str, Trial], metric: str) -> dict[tuple[str, str], Cell]:
+    """(category, group) -> Cell, from the plan; only finished runs with a number fill a seed."""
+    cells: dict[tuple[str, str], Cell] = {}
+    for p in planned:
+        cell = cells.setdefault((p.category, p.group), Cell([], {}))
+        cell.planned.append(p.seed)
+        run = runs.get(p.name)
+        if run is None or run.status != "FINISHED":
             continue
-        cells.setdefault((t.category, t.group), []).append((t.seed, t.values.get(metric)))
-    return {key: _collect([v for _, v in sorted(pairs)]) for key, pairs in cells.items()}
+        value = run.values.get(metric)
+        if value == UNAVAILABLE:
+            cell.values[p.seed] = UNAVAILABLE
+        elif value is not None and not (isinstance(value, float) and math.isnan(value)):
+            cell.values[p.seed] = float(value)
+    return cells
 
 
-def _collect(values):
-    """Seed values -> list of floats; "unavailable" if any is; None if there are none."""
-    if not values:
-        return None
-    if any(v == UNAVAILABLE for v in values):
+def _fmt_cell(cell: Cell, pm: bool = False, scale: float = 100, digits: int = 2) -> str:
+    """A category's cell: the mean (± std) over its finished seeds, with n/N when some are missing."""
+    if cell.unavailable:
         return UNAVAILABLE
-    floats = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    return floats or None
+    values = list(cell.values.values())
+    text = (_fmt_pm if pm else _fmt_mean)(values or None, scale=scale, digits=digits)
+    return text if len(values) in (0, len(cell.planned)) else f"{text} ({len(values)}/{len(cell.planned)})"
 
 
-def _mean_over_categories(cells: dict, categories, group: str, seeds, by_seed: bool):
-    """Mean over categories. by_seed: one value per seed (the categories' mean for that seed),
-    so mean ± std is over seeds; else one value per category (its seed mean)."""
-    per_category = [cells.get((c, group)) for c in categories]
-    if any(v == UNAVAILABLE for v in per_category):
+def _fmt_over(cells: dict[tuple[str, str], Cell], group: str, by_seed: bool) -> str:
+    """The mean of a group over categories, with n/N = finished of planned (category, seed) pairs.
+    by_seed: one value per seed number (the mean over the categories finished for that seed), so
+    the ± is the std over seeds; else the mean of the categories' seed means."""
+    mine = [cell for (_, g), cell in cells.items() if g == group]
+    if any(cell.unavailable for cell in mine):
         return UNAVAILABLE
-    if any(v is None for v in per_category):
-        return None  # a missing cell: no honest mean
-    if not by_seed:
-        return [statistics.mean(statistics.mean(v) for v in per_category)]
-    n = min(len(v) for v in per_category)
-    return [statistics.mean(v[s] for v in per_category) for s in range(n)]
+    n = sum(len(cell.values) for cell in mine)
+    total = sum(len(cell.planned) for cell in mine)
+    if by_seed:
+        seeds = sorted({s for cell in mine for s in cell.values})
+        values = [statistics.mean(cell.values[s] for cell in mine if s in cell.values) for s in seeds]
+        text = _fmt_pm(values or None)
+    else:
+        text = _fmt_mean([statistics.mean(cell.values.values()) for cell in mine if cell.values] or None)
+    return f"{text} ({n}/{total})"
 
 
 def _fmt_mean(values, scale: float = 100, digits: int = 2) -> str:

@@ -2,16 +2,20 @@
 
 Workers report to Ray; `MLflowTrialCallback`, a Tune callback running in the sweep driver,
 turns those reports into MLflow runs. Only this process writes, so a SQLite store is safe
-(specs/platform.md §4.5) and no credential travels to workers. The stock
+(docs/platform.md §4) and no credential travels to workers. The stock
 `MLflowLoggerCallback` is not used: it logs Tune's bookkeeping as metrics and has no parent.
 
 - Parent run: one per sweep, named and tagged with the deterministic sweep id; created once,
-  reopened (status RUNNING again) by `--resume`; holds the sweep's options as params, the
-  plan as `sweep.json` and, at the end, the result tables (platform/tables.py).
+  reopened (status RUNNING again) by `--resume`; holds the sweep's options as params, its
+  record as `sweep.json`, the planned trials as `plan.json` (the tables are built from the
+  plan, so a trial that never finished shows as a missing cell) and, at the end, the result
+  tables (platform/tables.py).
 - Child run: one per trial (tag `mlflow.parentRunId`), found again by its trial name when a
-  trial restarts or a sweep resumes, so no run is ever duplicated. Params: category,
-  switches, preset, seed, dataset, git sha, library versions; the trainer's whole config as
-  `config.json`. Metrics: every numeric value of every report under the trainer's own stable
+  trial restarts or a sweep resumes, so no run is ever duplicated. Params: every field of the
+  trainer's config under its `--set` name, with the sampled values of an HPO trial in place,
+  plus the trial's labels (group, paper row, honest source name), dataset, git sha and library
+  versions; the same config as `config.json`. It is the flat dict the trial carried to its
+  worker, so what is recorded is what ran. Metrics: every numeric value of every report under the trainer's own stable
   names (step = the report's index); strings ("unavailable" and its `_note`) and booleans
   become tags.
   At the end: the last checkpoint folder (`checkpoint/`, with `pictures/*.png`), pictures
@@ -19,7 +23,7 @@ turns those reports into MLflow runs. Only this process writes, so a SQLite stor
   `overhead_s` = wall time minus `trainer_s`, the loop's own time).
 
 The default store is a SQLite file in the repo (`mlflow.db`); its schema is created here,
-once, before any trial starts (concurrent first-time initialisation corrupts it, §4.5).
+once, before any trial starts (concurrent first-time initialisation corrupts it, docs/platform.md §4).
 """
 
 import json
@@ -33,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
+
+from platform.tuner import trial_name
 
 DEFAULT_EXPERIMENT = "defect-sweeps"
 TRIAL_NAME_TAG = "trial_name"
@@ -81,7 +87,7 @@ def find_parent(tracking_uri: str, sweep_id: str):
 
 
 def open_parent(tracking_uri: str, experiment: str, sweep_id: str, params: dict[str, Any],
-                record: dict) -> str:
+                record: dict, planned: list[dict]) -> str:
     """Create the sweep's parent run, or reopen it (RUNNING again) when it exists."""
     mlflow_client = client(tracking_uri)
     existing = find_parent(tracking_uri, sweep_id)
@@ -93,7 +99,16 @@ def open_parent(tracking_uri: str, experiment: str, sweep_id: str, params: dict[
                                          "sweep_kind": record["kind"], "dataset": record["dataset"]})
     _log_params(mlflow_client, run.info.run_id, {**params, **provenance()})
     mlflow_client.log_dict(run.info.run_id, record, "sweep.json")
+    mlflow_client.log_dict(run.info.run_id, planned, "plan.json")
     return run.info.run_id
+
+
+def parent_record(tracking_uri: str, sweep_id: str) -> dict | None:
+    """The `sweep.json` a sweep's parent run holds, or None when there is no such sweep."""
+    parent = find_parent(tracking_uri, sweep_id)
+    if parent is None:
+        return None
+    return json.loads(Path(client(tracking_uri).download_artifacts(parent.info.run_id, "sweep.json")).read_text())
 
 
 def close_parent(tracking_uri: str, parent_run_id: str, failed: int, metrics: dict[str, float]) -> None:
@@ -145,12 +160,10 @@ class MLflowTrialCallback(Callback):
     only and opens its MLflow client lazily.
     """
 
-    def __init__(self, tracking_uri: str, parent_run_id: str, trials: dict[str, dict], base_params: dict,
-                 storage: str, total: int):
+    def __init__(self, tracking_uri: str, parent_run_id: str, base_params: dict, storage: str, total: int):
         self.tracking_uri = tracking_uri
         self.parent_run_id = parent_run_id
-        self.trials = trials            # trial name -> {"params": ..., "config": flat trainer config}
-        self.base_params = base_params  # preset, dataset, git sha, versions: the same for every child
+        self.base_params = base_params  # dataset, git sha, versions: the same for every child
         self.storage = storage
         self.total = total
         self._client = None
@@ -249,17 +262,14 @@ class MLflowTrialCallback(Callback):
             run_id = found[0].info.run_id
             self.client.update_run(run_id, status="RUNNING")
         else:
-            info = self.trials.get(name, {})
             run = self.client.create_run(parent.info.experiment_id, run_name=name, tags={
                 PARENT_TAG: self.parent_run_id, TRIAL_NAME_TAG: name, SWEEP_ID_TAG: parent.data.tags[SWEEP_ID_TAG],
                 "sweep_role": "trial", "ray_trial_id": trial.trial_id, "group": spec["group"]})
             run_id = run.info.run_id
-            sampled = trial.config.get("search") or {}
-            _log_params(self.client, run_id, {**self.base_params, **info.get("params", {}),
-                                              "category": spec["category"], "seed": spec["seed"],
-                                              "group": spec["group"], "method": spec["method"],
-                                              "workers": spec["workers"], **sampled})
-            self.client.log_dict(run_id, {**info.get("config", {}), **sampled}, "config.json")
+            config = {**spec["config"], **(trial.config.get("search") or {})}  # what the worker runs
+            _log_params(self.client, run_id, {**self.base_params, **spec["params"], "group": spec["group"],
+                                              "method": spec["method"], "workers": spec["workers"], **config})
+            self.client.log_dict(run_id, config, "config.json")
         self._runs[trial.trial_id] = run_id
         return run_id
 
@@ -303,12 +313,6 @@ def _last_line(error_file) -> str:
     except (OSError, TypeError):
         return "see the Tune trial's error.txt"
     return lines[-1].strip()[:500] if lines else "unknown error"
-
-
-def trial_name(trial) -> str:
-    """A trial's run name: its spec's name, plus the trial's index when sampled (HPO)."""
-    name = trial.config["trial"]["name"]
-    return f"{name}-{trial.trial_id.rsplit('_', 1)[-1]}" if trial.config.get("search") else name
 
 
 def _progress(result: dict | None) -> str:

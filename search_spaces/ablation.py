@@ -13,7 +13,9 @@ update [df_update].
   exists (df on), 12 variants; those equal to a paper row carry its number.
 
 "mvtec" is the clean source (other categories' training images); the paper-literal, leaky
-variant (`mvtec_defects`) is not part of these grids.
+variant (`mvtec_defects`) is not part of these grids. Without `--set dtd_root=...` the "dtd"
+source falls back to the procedural texture bank; then the run names (`src_procedural`), the
+`texture_source` param and the tables say "procedural (DTD absent)", never "DTD".
 """
 
 from dataclasses import dataclass
@@ -42,21 +44,26 @@ class Variant:
         if not self.df and self.df_update != "-":
             raise UserInputError(f"df_update={self.df_update}: impossible without deep features (no F to train)")
 
-    @property
-    def slug(self) -> str:
-        """Non-default switches, as in run names: `df_copy-lk-src_mvtec`."""
+    def slug(self, dtd_present: bool = True) -> str:
+        """Non-default switches, as in run names: `df_copy-lk-src_mvtec` (`src_procedural` for
+        the dtd source when no DTD root is given)."""
         parts = [f"df_{self.df_update}"] if self.df else []
-        return "-".join(parts + (["lk"] if self.lk else []) + [f"src_{self.source}"])
+        return "-".join(parts + (["lk"] if self.lk else []) + [f"src_{texture_source(self.source, dtd_present)}"])
 
     @property
     def overrides(self) -> dict:
+        """The config fields of the switches (df_update keeps its default when df is off)."""
         return {"anomaly_source": self.source, "df": self.df, "lk": self.lk,
                 "df_update": self.df_update if self.df else "copy"}
 
-    @property
-    def params(self) -> dict:
-        return {"anomaly_source": self.source, "deep_features": self.df, "large_kernel": self.lk,
-                "df_update": self.df_update}
+
+PROCEDURAL = "procedural (DTD absent)"
+
+
+def texture_source(source: str, dtd_present: bool) -> str:
+    """Where a variant's anomaly appearance comes from, honestly: `procedural` stands in for DTD
+    when no DTD root is given."""
+    return "procedural" if source == "dtd" and not dtd_present else source
 
 
 # Table 4 of the paper with the spec's row mapping (specs/detector.md §2.2): variant, and the
@@ -89,10 +96,19 @@ def paper_row(variant: Variant) -> int | None:
     return next((row for row, (v, _) in PAPER_ROWS.items() if v == variant), None)
 
 
-def group_label(variant: Variant, grid: str) -> str:
+def group_label(variant: Variant, grid: str, dtd_present: bool = True) -> str:
     """The table column of a variant: `row 7` in paper-rows, its slug in factorial."""
     row = paper_row(variant)
-    return f"row {row}" if grid == "paper-rows" else variant.slug
+    return f"row {row}" if grid == "paper-rows" else variant.slug(dtd_present)
+
+
+def labels(variant: Variant, grid: str, dtd_present: bool) -> dict:
+    """A trial's MLflow labels beyond its config: the paper row, the grid, the variant's slug and
+    the honest appearance source."""
+    row = paper_row(variant)
+    source = texture_source(variant.source, dtd_present)
+    return {"grid": grid, "paper_row": row if row is not None else "-", "variant": variant.slug(dtd_present),
+            "texture_source": PROCEDURAL if source == "procedural" else source}
 
 
 def build(data: str = "embedded", categories=None, grid: str = "paper-rows", rows=None, seeds: int = 1,
@@ -105,25 +121,25 @@ def build(data: str = "embedded", categories=None, grid: str = "paper-rows", row
     seed_list = check_seeds(seeds)
     extra = check_extra(extra, AXES)
     variants = _variants(grid, rows)
+    dtd_present = bool(extra.get("dtd_root"))
     trials = []
     for category in categories:
         for variant in variants:
             for seed in seed_list:
-                row = paper_row(variant)
                 trials.append(TrialSpec(
-                    method="detector", name=f"{category}-{variant.slug}-s{seed}",
-                    group=group_label(variant, grid), category=category, seed=seed,
-                    params={**variant.params, "grid": grid, "paper_row": row if row is not None else "-",
-                            "variant": variant.slug},
+                    method="detector", name=f"{category}-{variant.slug(dtd_present)}-s{seed}",
+                    group=group_label(variant, grid, dtd_present), category=category, seed=seed,
+                    params=labels(variant, grid, dtd_present),
                     overrides={**extra, **variant.overrides, "category": category, "seed": seed}))
     options = {"grid": grid, "rows": sorted(rows) if rows else None, "categories": list(categories),
                "seeds": seeds, "set": extra}
     notes = [f"dataset={info.dataset}: numbers on it are not comparable with the paper's"] \
         if info.dataset == "embedded" else []
+    if not dtd_present and any(v.source == "dtd" for v in variants):
+        notes.append(f"the dtd rows use the {PROCEDURAL} texture bank: give --set dtd_root=PATH for DTD")
     plan = SweepPlan("ablation", preset, data, info.dataset, options, (Phase("trials", tuple(trials)),),
                      tuple(notes))
-    validate_plan(plan)
-    return plan
+    return validate_plan(plan)
 
 
 def _variants(grid: str, rows) -> list[Variant]:

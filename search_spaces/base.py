@@ -5,17 +5,21 @@ A search space is data (grid axes and their values) plus a small builder that ex
 trains stage 1 before stage 2), or, for HPO, a template trial and a sampled space per phase.
 Every plan is validated here, before Ray or MLflow are touched: unknown keys, impossible
 combinations and unknown categories raise `UserInputError`, and every trial's trainer config is
-built once so a bad value fails now, not an hour into a sweep. Not here: Ray Tune objects
-(`platform/sweep.py` turns a plan into Tuners) and anything that starts a process.
+built here, once (`validate_plan`), so a bad value fails now, not an hour into a sweep. That
+config, flat and whole, is what the Tune trial carries to its worker and what MLflow records.
+Nothing here imports Ray or torch. Not here: Ray Tune objects (`platform/tuner.py` turns a plan
+into Tuners) and anything that starts a process.
 """
 
+import dataclasses
 import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from trainables.config import to_flat
 from trainables.errors import UserInputError
-from trainables.ray_adapter import load_method
+from trainables.methods import make_trial_config
 
 PRESETS = ("tiny", "small", "paper")
 # fields a sweep owns: the user cannot `--set` them (they are axes or the run's identity)
@@ -25,15 +29,23 @@ RESERVED = ("data", "category", "seed", "preset", "device", "resume")
 @dataclass(frozen=True)
 class TrialSpec:
     """One trainer run: which entry point, with which config fields, shown how."""
-    method: str                      # a key of trainables.ray_adapter.METHODS
+    method: str                      # a key of trainables.methods.METHODS (or module:function)
     name: str                        # run identity: category, non-default switches, seed; no timestamp
     group: str                       # the table column it belongs to (ablation row, λ, partition, ...)
     category: str
     seed: int
-    params: Mapping[str, Any]        # clean MLflow params naming its switches
+    params: Mapping[str, Any]        # labels beyond the config (paper row, grid, honest source name)
     overrides: Mapping[str, Any]     # trainer config fields (category and seed included)
     needs: str | None = None         # name of an earlier phase's trial whose checkpoint it starts from
     needs_key: str | None = None     # the config field that receives that checkpoint directory
+    cfg: Any = None                  # the trainer's frozen config, built once by `validate_plan`
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The flat config the trial runs with (every field; the dependency's checkpoint is
+        filled in by the driver when the earlier phase is done)."""
+        assert self.cfg is not None, f"{self.name}: the plan was not validated"
+        return to_flat(self.cfg)
 
 
 @dataclass(frozen=True)
@@ -149,20 +161,21 @@ def check_extra(extra: Mapping[str, Any] | None, axes: tuple[str, ...]) -> dict:
 
 # ---------------------------------------------------------------- trainer configs
 
-def trainer_config(preset: str, data: str, trial: TrialSpec, **fields):
+def build_trial_config(preset: str, data: str, trial: TrialSpec, **fields):
     """The trainer's frozen config for one trial (raises UserInputError on a bad field or value)."""
-    _, make_config = load_method(trial.method)
     overrides = {"data": data, **trial.overrides, **fields}
     if trial.needs_key is not None and trial.needs_key not in overrides:
         overrides[trial.needs_key] = None  # filled with the earlier trial's checkpoint at run time
-    return make_config(preset, overrides)
+    return make_trial_config(trial.method, preset, overrides)
 
 
-def validate_plan(plan: SweepPlan) -> None:
-    """Build every trial's config once; duplicate names or a missing dependency are errors."""
+def validate_plan(plan: SweepPlan) -> SweepPlan:
+    """The plan with every trial's config built, once; duplicate names or a missing dependency
+    are errors."""
     if plan.preset not in PRESETS:
         raise UserInputError(f"--preset {plan.preset}: expected one of {list(PRESETS)}")
     earlier: set[str] = set()
+    phases = []
     for phase in plan.phases:
         if not phase.trials:
             raise UserInputError(f"the {plan.kind} sweep has no trials in phase {phase.name!r}")
@@ -170,5 +183,7 @@ def validate_plan(plan: SweepPlan) -> None:
         assert len(set(names)) == len(names) and not earlier & set(names), f"duplicate trial names in {names}"
         for trial in phase.trials:
             assert trial.needs is None or trial.needs in earlier, f"{trial.name} needs {trial.needs}"
-            trainer_config(plan.preset, plan.data, trial)
+        phases.append(dataclasses.replace(phase, trials=tuple(
+            dataclasses.replace(t, cfg=build_trial_config(plan.preset, plan.data, t)) for t in phase.trials)))
         earlier |= set(names)
+    return dataclasses.replace(plan, phases=tuple(phases))

@@ -43,5 +43,4 @@ def build(data: str = "embedded", categories=None, partitions: int = 3, seeds: i
     options = {"categories": list(categories), "partitions": partitions, "seeds": seeds, "set": extra}
     plan = SweepPlan("classify", preset, data, info.dataset, options,
                      (Phase("stage1", tuple(stage1)), Phase("classify", tuple(runs))))
-    validate_plan(plan)
-    return plan
+    return validate_plan(plan)

@@ -39,15 +39,14 @@ def build(data: str = "embedded", categories=None, defects=None, lambdas=None, s
                 for lam in lambdas:
                     stage2.append(TrialSpec(
                         method="gan_stage2", name=f"{category}-{defect}-lambda{lam:g}-s{seed}", group=f"λ={lam:g}",
-                        category=category, seed=seed, params={"stage": 2, "defect": defect, "lambda_ms": lam},
+                        category=category, seed=seed, params={"stage": 2},
                         overrides={**extra, "category": category, "seed": seed, "defect": defect, "lambda_ms": lam},
                         needs=first.name, needs_key=STAGE1_KEY))
     options = {"categories": list(categories), "defects": sorted(set(defects)) if defects else None,
                "lambdas": list(lambdas), "seeds": seeds, "set": extra}
     plan = SweepPlan("gan", preset, data, info.dataset, options,
                      (Phase("stage1", tuple(stage1)), Phase("stage2", tuple(stage2))))
-    validate_plan(plan)
-    return plan
+    return validate_plan(plan)
 
 
 def _defects(info, categories, requested) -> dict[str, tuple[str, ...]]:

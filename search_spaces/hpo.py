@@ -12,9 +12,9 @@ Caveat: the detector has no validation split, so the objective is measured on th
 and the best trial's number is optimistic; use it to choose settings, not to report results.
 """
 
-from search_spaces.ablation import PAPER_ROWS, Variant
-from search_spaces.base import (Phase, Search, SweepPlan, TrialSpec, check_extra, dataset_info,
-                                pick_categories, trainer_config, validate_plan)
+from search_spaces.ablation import PAPER_ROWS, Variant, labels
+from search_spaces.base import (Phase, Search, SweepPlan, TrialSpec, build_trial_config, check_extra,
+                                dataset_info, pick_categories, validate_plan)
 from trainables.errors import UserInputError
 
 # field -> (distribution, low, high)
@@ -48,16 +48,19 @@ def build(data: str = "embedded", categories=None, samples: int = 8, row: int = 
                     asha_mode=ASHA_MODE, grace_period=grace_period)
     phases = []
     for category in categories:
-        template = TrialSpec(method="detector", name=f"{category}-{variant.slug}-hpo", group=variant.slug,
-                             category=category, seed=0, params={**variant.params, "paper_row": row},
+        slug = variant.slug(bool(extra.get("dtd_root")))
+        template = TrialSpec(method="detector", name=f"{category}-{slug}-hpo", group=slug, category=category,
+                             seed=0, params=labels(variant, "hpo", bool(extra.get("dtd_root"))),
                              overrides={**extra, **variant.overrides, "category": category, "seed": 0})
         phases.append(Phase(f"hpo-{category}", (template,), search))
     options = {"categories": list(categories), "samples": samples, "row": row, "space": space, "set": extra}
     plan = SweepPlan("hpo", preset, data, info.dataset, options, tuple(phases),
                      ("hpo optimises a test-split metric (no validation split): choose settings with it, "
                       "report ablation sweeps",))
-    validate_plan(plan)
-    trainer_config(preset, data, phases[0].trials[0], **{name: low for name, (_, low, _) in space.items()})
+    plan = validate_plan(plan)
+    # the sampled values reach the worker's config: its bounds must be valid values too
+    for bound in (1, 2):
+        build_trial_config(preset, data, phases[0].trials[0], **{name: spec[bound] for name, spec in space.items()})
     return plan
 
 

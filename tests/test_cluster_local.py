@@ -72,13 +72,13 @@ def alive_nodes(state: dict, env: dict) -> list[dict]:
     return [n for n in nodes if n["state"] == "ALIVE"]
 
 
-def sweep_flags(tmp_path: Path, *extra: str) -> list[str]:
-    """Absolute storage and tracking store: a job's cwd is a temporary copy of the repo."""
-    return ["ablation", "--categories", *CATEGORIES, "--rows", *extra, "--preset", "tiny",
+def sweep_flags(tmp_path: Path, *extra: str, data: str = "embedded") -> list[str]:
+    """Absolute storage, tracking store and dataset: a job's cwd is a temporary copy of the repo."""
+    return ["ablation", "--data", data, "--categories", *CATEGORIES, "--rows", *extra, "--preset", "tiny",
             "--storage", str(tmp_path / "storage"), "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
 
 
-def check_mlflow(tmp_path: Path, n_trials: int, rows: tuple[str, ...]) -> None:
+def check_mlflow(tmp_path: Path, n_trials: int, rows: tuple[str, ...], data: str = "embedded") -> None:
     """1 parent; one finished child per trial with params, final metrics and a checkpoint;
     the parent's tables with a value in every category x row cell."""
     from mlflow.tracking import MlflowClient
@@ -94,7 +94,8 @@ def check_mlflow(tmp_path: Path, n_trials: int, rows: tuple[str, ...]) -> None:
     for child in children:
         assert child.info.status == "FINISHED", child.info.run_name
         assert child.data.params["category"] in CATEGORIES
-        assert child.data.params["preset"] == "tiny" and child.data.params["dataset"] == "embedded"
+        assert child.data.params["preset"] == "tiny" and child.data.params["data"] == data
+        assert child.data.params["dataset"] == ("embedded" if data == "embedded" else "mvtec")
         for metric in ABLATION_METRICS:
             value = child.data.metrics.get(metric)
             assert value is not None or child.data.tags.get(metric) == "unavailable", (child.info.run_name, metric)
@@ -118,7 +119,12 @@ def check_mlflow(tmp_path: Path, n_trials: int, rows: tuple[str, ...]) -> None:
 
 def test_job_submit_sweep_on_local_multinode_cluster(tmp_path):
     """Head (no CPUs) + 2 worker nodes from cluster/local.py; the README's `ray job submit`
-    with token auth runs a 4-trial ablation sweep; MLflow then holds the whole sweep."""
+    with token auth runs a 4-trial ablation sweep on a user's dataset at an absolute path (the
+    job's working dir is a copy of the repo; the workers read the folder itself); MLflow then
+    holds the whole sweep."""
+    from user_dataset import write_user_dataset
+
+    data = str(write_user_dataset(tmp_path / "dataset", categories=CATEGORIES))
     with local_cluster("start", "--workers=2", "--worker-cpus=1") as (state, env):
         nodes = alive_nodes(state, env)
         assert len(nodes) == 3 and sum(n["is_head_node"] for n in nodes) == 1
@@ -133,7 +139,7 @@ def test_job_submit_sweep_on_local_multinode_cluster(tmp_path):
         began = time.monotonic()
         job = subprocess.run(
             [RAY, "job", "submit", "--working-dir", ".", "--", "python", "-m", "platform.sweep",
-             *sweep_flags(tmp_path, *ROWS)],
+             *sweep_flags(tmp_path, *ROWS, data=data)],
             cwd=REPO, env={**env, "RAY_ADDRESS": state["dashboard"]}, capture_output=True, text=True,
             timeout=360)
         print(f"ray job submit: {time.monotonic() - began:.1f} s\n{job.stdout[-4000:]}\n{job.stderr[-2000:]}")
@@ -143,7 +149,7 @@ def test_job_submit_sweep_on_local_multinode_cluster(tmp_path):
         # the dashboard (started from the repo root, where platform/ shadows the stdlib) is still up
         assert len(alive_nodes(state, env)) == 3
 
-    check_mlflow(tmp_path, len(CATEGORIES) * len(ROWS), ROWS)
+    check_mlflow(tmp_path, len(CATEGORIES) * len(ROWS), ROWS, data=data)
 
 
 def test_sweep_on_fake_autoscaling_cluster(tmp_path):

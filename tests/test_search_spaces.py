@@ -5,7 +5,6 @@ import pytest
 import search_spaces
 from search_spaces import hpo
 from search_spaces.ablation import PAPER_ROWS, Variant
-from search_spaces.base import trainer_config
 from trainables.data import EMBEDDED_CATEGORIES
 from trainables.errors import UserInputError
 
@@ -39,7 +38,7 @@ def test_ablation_factorial_has_only_meaningful_combinations():
     assert len(variants) == 12  # (df off: lk x src = 4) + (df on: lk x src x copy|grad = 8)
     assert not any("df_grad" in v and "df_copy" in v for v in variants)
     off = [t for t in plan.trials if not t.overrides["df"]]
-    assert all(t.params["df_update"] == "-" for t in off)
+    assert all(t.config["df_update"] == "copy" and "df_" not in t.params["variant"] for t in off)
     rows = {t.params["paper_row"] for t in plan.trials}
     assert rows == {2, 3, 4, 5, 6, 7, 8, "-"}  # the 7 paper rows are in the factorial grid
 
@@ -47,7 +46,7 @@ def test_ablation_factorial_has_only_meaningful_combinations():
 def test_ablation_subsets_and_extra_fields():
     plan = search_spaces.build("ablation", categories=["bolt", "weave"], rows=[7, 2], seeds=2, preset="tiny",
                                extra={"epochs": 3})
-    assert [t.name for t in plan.trials][:2] == ["bolt-src_dtd-s0", "bolt-src_dtd-s1"]
+    assert [t.name for t in plan.trials][:2] == ["bolt-src_procedural-s0", "bolt-src_procedural-s1"]
     assert plan.n_runs == 2 * 2 * 2 and all(t.overrides["epochs"] == 3 for t in plan.trials)
 
 
@@ -114,7 +113,7 @@ def test_gan_and_classify_spaces():
     defects = EMBEDDED_CATEGORIES["bolt"][1]
     assert len(stage2.trials) == len(defects) * 5
     assert {t.needs for t in stage2.trials} == {"bolt-stage1-s0"}  # one stage 1 per category, reused
-    assert {t.params["lambda_ms"] for t in stage2.trials} == {0.0, 0.05, 0.1, 0.2, 0.5}
+    assert {t.config["lambda_ms"] for t in stage2.trials} == {0.0, 0.05, 0.1, 0.2, 0.5}
     with pytest.raises(UserInputError, match="defect"):
         search_spaces.build("gan", categories=["bolt"], defects=["dent"], preset="tiny")
     with pytest.raises(UserInputError, match="lambda"):
@@ -125,6 +124,6 @@ def test_gan_and_classify_spaces():
     assert sorted(t.name for t in protocol.trials) == sorted(
         f"{c}-partition{p}-s0" for c in ("bolt", "weave") for p in range(3))
     # the sweep's partition count reaches each trial's config, whatever the preset's default
-    assert {trainer_config("tiny", "embedded", t).partitions for t in protocol.trials} == {3}
+    assert {t.cfg.partitions for t in protocol.trials} == {3}
     with pytest.raises(UserInputError, match="set by the sweep itself"):
         search_spaces.build("classify", categories=["bolt"], preset="tiny", extra={"partitions": 2})

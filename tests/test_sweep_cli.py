@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import search_spaces
-from platform import sweep
+from platform import storage, sweep
 from platform.cli import run_main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -107,7 +107,7 @@ def test_bad_input_from_the_real_command_line(tmp_path):
 
 def test_sweep_id_is_a_deterministic_function_of_the_options():
     def sweep_id(**options):
-        return sweep.make_sweep_id(search_spaces.build("ablation", preset="tiny", **options))
+        return storage.make_sweep_id(search_spaces.build("ablation", preset="tiny", **options))
 
     first = sweep_id(categories=["weave", "bolt"], rows=[2, 7])
     assert first == sweep_id(categories=["weave", "bolt"], rows=[7, 2])  # row order does not matter
@@ -115,7 +115,7 @@ def test_sweep_id_is_a_deterministic_function_of_the_options():
     assert first != sweep_id(categories=["weave", "bolt"], rows=[2, 7], seeds=2)
     assert first != sweep_id(categories=["bolt", "weave"], rows=[2, 7])  # category order is the table's
     plan = search_spaces.build("ablation", preset="tiny", categories=["weave", "bolt"], rows=[2, 7])
-    assert sweep.make_sweep_id(plan, workers=2) != first  # DDP changes the results
+    assert storage.make_sweep_id(plan, workers=2) != first  # DDP changes the results
 
 
 def test_help_runs_from_the_repo_root():

@@ -7,13 +7,16 @@ Covers both adapter paths with resume after an injected failure, the ablation CL
 runs; `report` rebuilds from MLflow alone) and an Optuna study.
 """
 
+import json
 import os
 import re
 from pathlib import Path
 
 import pytest
 
-from platform import sweep, tracking
+from platform import runner, storage, sweep, tracking
+from platform.resources import Resources
+from trainables.methods import make_trial_config
 from trainables.ray_adapter import run_trial, trial_config
 
 TOY = "sweep_toy:train_toy"  # tests/ is on the workers' path (site-packages holds a `tests` package)
@@ -36,10 +39,10 @@ def fit_toy(tmp_path: Path, workers: int, fail_at: int):
     from ray import tune
 
     marker = tmp_path / "failed-once"
-    trial = {**trial_config(TOY, "tiny", {"epochs": 3, "fail_at": fail_at, "marker": str(marker)},
-                            workers=workers, cpus_per_worker=0.9 if workers > 1 else 1,
-                            train_storage=str(tmp_path / "train")),
-             "name": "toy", "group": "toy", "category": "weave", "seed": 0}
+    config = make_trial_config(TOY, "tiny", {"epochs": 3, "fail_at": fail_at, "marker": str(marker)})
+    trial = {**trial_config(TOY, config.__dict__, name="toy", group="toy", workers=workers,
+                            cpus_per_worker=0.9 if workers > 1 else 1, train_storage=str(tmp_path / "train")),
+             "category": "weave", "seed": 0}
     trainable = tune.with_resources(run_trial, {"CPU": 0.1} if workers > 1 else {"CPU": 1})
     tuner = tune.Tuner(trainable, param_space={"trial": trial}, run_config=tune.RunConfig(
         name="toy", storage_path=str(tmp_path / "storage"), failure_config=tune.FailureConfig(max_failures=1),
@@ -87,14 +90,20 @@ def test_ablation_sweep_end_to_end(ray_runtime, tmp_path, capsys):
     assert parent.info.status == "FINISHED" and parent.data.params["categories"] == "weave,bolt"
     children = tracking.children(uri, parent.info.run_id)
     assert sorted(c.info.run_name for c in children) == sorted(
-        f"{c}-{v}-s0" for c in ("weave", "bolt") for v in ("src_dtd", "df_copy-lk-src_mvtec"))
+        f"{c}-{v}-s0" for c in ("weave", "bolt") for v in ("src_procedural", "df_copy-lk-src_mvtec"))
     client = tracking.client(uri)
     for child in children:
         params, metrics = child.data.params, child.data.metrics
         assert child.info.status == "FINISHED"
         assert {"category", "group", "seed", "preset", "dataset", "git_sha", "torch", "ray", "mlflow",
-                "anomaly_source", "deep_features", "large_kernel", "df_update"} <= set(params)
-        assert params["preset"] == "tiny" and params["dataset"] == "embedded"
+                "anomaly_source", "df", "lk", "df_update", "texture_source", "paper_row"} <= set(params)
+        assert params["preset"] == "tiny" and params["dataset"] == "embedded" and params["data"] == "embedded"
+        # every config field is a param under its --set name, equal to the config.json that ran
+        config = json.loads(Path(client.download_artifacts(child.info.run_id, "config.json")).read_text())
+        assert {k: str(v) if not isinstance(v, list) else ",".join(map(str, v)) for k, v in config.items()} \
+            == {k: params[k] for k in config}
+        assert params["texture_source"] == ("procedural (DTD absent)" if params["anomaly_source"] == "dtd"
+                                            else "mvtec")
         assert {"image_AUROC", "pixel_AUROC", "image_AP", "pixel_AP", "loss/total", "trial_wall_s",
                 "overhead_s", "trainer_s"} <= set(metrics)
         assert len(client.get_metric_history(child.info.run_id, "loss/total")) == 2  # per epoch (tiny: 2)
@@ -104,7 +113,7 @@ def test_ablation_sweep_end_to_end(ray_runtime, tmp_path, capsys):
     summary = client.download_artifacts(parent.info.run_id, "tables/v1/ablation_summary.md")
     text = Path(summary).read_text()
     auroc = Path(client.download_artifacts(parent.info.run_id, "tables/v1/ablation_image_AUROC.md")).read_text()
-    assert "–" not in auroc  # every cell filled
+    assert "–" not in auroc and "(2/2)" in auroc  # every cell filled; means over 2 of 2 planned
     assert "| 7 " in text and "99.70" in text
     assert (tmp_path / "storage" / sweep_id / "tables" / "ablation_summary.md").read_text() == text
 
@@ -133,24 +142,31 @@ def test_hpo_runs_one_optuna_study_per_category(ray_runtime, tmp_path, capsys):
     sampled = [float(c.data.params["lr"]) for c in children]
     assert len(set(sampled)) == 2 and all(1e-5 <= lr <= 3e-3 for lr in sampled)
     assert "Best trial per category" in out
+    client = tracking.client(uri)
+    template = make_trial_config("detector", "tiny", {"category": "weave"}).__dict__
+    for child in children:  # the whole config, with the sampled values in place, as params and config.json
+        config = json.loads(Path(client.download_artifacts(child.info.run_id, "config.json")).read_text())
+        assert set(config) == set(template) and set(config) <= set(child.data.params)
+        assert config["lr"] == float(child.data.params["lr"]) and config["category"] == "weave"
+        assert config["epochs"] == template["epochs"] and child.data.params["img_size"] == str(template["img_size"])
 
 
 def test_two_phase_sweep_hands_each_checkpoint_to_its_dependents(ray_runtime, tmp_path, capsys):
     """The GAN sweep's shape (stage 1 once, stage 2 per λ starting from it) with the toy trainer."""
-    from search_spaces.base import Phase, SweepPlan, TrialSpec
+    from search_spaces.base import Phase, SweepPlan, TrialSpec, validate_plan
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     first = TrialSpec(TOY, "bolt-stage1-s0", "stage 1", "bolt", 0, {"stage": 1}, {"category": "bolt"})
     second = tuple(TrialSpec(TOY, f"bolt-hole-lambda{lam:g}-s0", f"λ={lam:g}", "bolt", 0,
                              {"stage": 2, "defect": "hole", "lambda_ms": lam}, {"category": "bolt"},
                              needs=first.name, needs_key="start_from") for lam in (0.0, 0.1))
-    plan = SweepPlan("gan", "tiny", "embedded", "embedded", {"toy": True},
-                     (Phase("stage1", (first,)), Phase("stage2", second)))
-    resources = sweep.Resources(workers=1, gpus_per_trial=0, cpus_per_worker=1, max_concurrent=None)
-    run = sweep.Sweep(plan, {}, sweep.make_sweep_id(plan), resources, str(tmp_path / "storage"), uri, "toy")
-    assert run.run() == 0
-    out = capsys.readouterr().out
-    assert "3/3 trials finished" in out and "DFMGAN on bolt" in out
+    plan = validate_plan(SweepPlan("gan", "tiny", "embedded", "embedded", {"toy": True},
+                                   (Phase("stage1", (first,)), Phase("stage2", second))))
+    resources = Resources(workers=1, gpus_per_trial=0, cpus_per_worker=1, max_concurrent=None)
+    run = runner.Sweep(plan, {}, storage.make_sweep_id(plan), resources, str(tmp_path / "storage"), uri, "toy")
+    outcome = runner.run(run)
+    assert (outcome.finished, outcome.failed) == (3, 0)
+    assert [t.name for t in outcome.tables] == ["dfmgan_bolt"]
     runs = {r.info.run_name: r for r in tracking.children(uri, tracking.find_parent(uri, run.sweep_id).info.run_id)}
     assert set(runs) == {"bolt-stage1-s0", "bolt-hole-lambda0-s0", "bolt-hole-lambda0.1-s0"}
     for name in ("bolt-hole-lambda0-s0", "bolt-hole-lambda0.1-s0"):
@@ -181,3 +197,45 @@ def test_gan_sweep_trains_stage1_once_and_stage2_per_lambda_from_it(ray_runtime,
                 "triplet_000_good.png"} <= pictures
     table = Path(client.download_artifacts(parent.info.run_id, "tables/v1/dfmgan_bolt.md")).read_text()
     assert "DFMGAN λ=0.0" in table and "DFMGAN λ=0.1" in table and "unavailable" in table
+
+
+def test_sweeps_on_a_user_dataset_on_disk(ray_runtime, tmp_path, monkeypatch, capsys):
+    """`--data PATH` (relative, resolved on the driver) reaches every worker: a category the
+    embedded set lacks trains, and one it has trains on the user's pixels, not the embedded ones.
+    The GAN sweep hands stage 1's checkpoint, trained on the same folder, to stage 2."""
+    from user_dataset import write_user_dataset
+
+    data = write_user_dataset(tmp_path / "my data").resolve()
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    common = ["--preset", "tiny", "--storage", str(tmp_path / "storage"), "--tracking-uri", uri]
+    assert sweep.main(["ablation", "--data", "my data", "--categories", "gizmo", "weave", "--rows", "2", *common]) == 0
+    out = capsys.readouterr().out
+    mine = tracking.children(uri, tracking.find_parent(uri, re.search(r"^sweep (\S+):", out, re.M).group(1))
+                             .info.run_id)
+    assert sorted(r.info.run_name for r in mine) == ["gizmo-src_procedural-s0", "weave-src_procedural-s0"]
+    for run in mine:
+        assert run.info.status == "FINISHED"
+        assert run.data.params["data"] == str(data) and run.data.params["dataset"] == "mvtec"
+        assert run.data.tags["dataset"] == "mvtec"  # what the trainer itself reported reading
+
+    assert sweep.main(["ablation", "--categories", "weave", "--rows", "2", *common]) == 0
+    out = capsys.readouterr().out
+    [embedded] = tracking.children(uri, tracking.find_parent(uri, re.search(r"^sweep (\S+):", out, re.M).group(1))
+                                   .info.run_id)
+    client = tracking.client(uri)
+    weave = next(r for r in mine if r.data.params["category"] == "weave")
+    losses = [[m.value for m in client.get_metric_history(r.info.run_id, "loss/total")] for r in (weave, embedded)]
+    assert losses[0] != losses[1] and embedded.data.params["data"] == "embedded"
+
+    assert sweep.main(["gan", "--data", str(data), "--categories", "gizmo", "--defects", "dent",
+                       "--lambdas", "0.1", *common]) == 0
+    out = capsys.readouterr().out
+    assert "2/2 trials finished" in out
+    runs = {r.info.run_name: r for r in tracking.children(
+        uri, tracking.find_parent(uri, re.search(r"^sweep (\S+):", out, re.M).group(1)).info.run_id)}
+    assert set(runs) == {"gizmo-stage1-s0", "gizmo-dent-lambda0.1-s0"}
+    stage2 = runs["gizmo-dent-lambda0.1-s0"]
+    assert all(r.data.params["data"] == str(data) for r in runs.values())
+    assert stage2.data.params["stage1"].startswith(str(tmp_path / "storage"))  # stage 1's checkpoint
+    assert stage2.data.params["defect"] == "dent" and 0 <= stage2.data.metrics["mask_coverage_ok"] <= 1

@@ -17,11 +17,16 @@ def store(tmp_path_factory):
     return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
 
 
-def make_sweep(uri: str, kind: str, children: list[dict], sweep_id: str | None = None) -> str:
-    """A parent run and FINISHED/FAILED child runs, logged the way the tracking callback does."""
+def make_sweep(uri: str, kind: str, children: list[dict], sweep_id: str | None = None,
+               unstarted: list[dict] = ()) -> str:
+    """A parent run with its plan (the children plus `unstarted` trials that never got a run) and
+    FINISHED/FAILED child runs, logged the way the tracking callback does."""
     sweep_id = sweep_id or f"test-{kind}-{next(_ids)}"
+    planned = [{"name": c["name"], "category": c["params"]["category"], "group": c["params"]["group"],
+                "seed": c["params"]["seed"], "params": c["params"], "switches": c["params"]}
+               for c in [*children, *unstarted]]
     parent = tracking.open_parent(uri, "tables-test", sweep_id, {"kind": kind},
-                                  {"kind": kind, "dataset": "embedded"})
+                                  {"kind": kind, "dataset": "embedded"}, planned)
     client = tracking.client(uri)
     experiment = client.get_run(parent).info.experiment_id
     for child in children:
@@ -38,8 +43,9 @@ def make_sweep(uri: str, kind: str, children: list[dict], sweep_id: str | None =
 def ablation_children():
     """2 categories x rows 2, 7 x 2 seeds; image_AUROC = 0.5 + row/100 + seed/1000 + (bolt: 0.1)."""
     children = []
-    switches = {2: {"anomaly_source": "dtd", "deep_features": False, "large_kernel": False, "df_update": "-"},
-                7: {"anomaly_source": "mvtec", "deep_features": True, "large_kernel": True, "df_update": "copy"}}
+    switches = {2: {"anomaly_source": "dtd", "df": False, "lk": False, "df_update": "copy",
+                    "texture_source": "procedural (DTD absent)"},
+                7: {"anomaly_source": "mvtec", "df": True, "lk": True, "df_update": "copy", "texture_source": "mvtec"}}
     for category in ("weave", "bolt"):
         for row in (2, 7):
             for seed in (0, 1):
@@ -67,19 +73,25 @@ def test_ablation_tables_layout_and_values(store, tmp_path):
     weave_row7 = 100 * statistics.mean([0.57, 0.571])
     assert auroc.loc["weave", "row 7"] == f"{weave_row7:.2f}"
     mean_row7 = 100 * statistics.mean([0.57, 0.571, 0.67, 0.671])
-    assert auroc.loc["mean", "row 7"] == f"{mean_row7:.2f}"
+    assert auroc.loc["mean", "row 7"] == f"{mean_row7:.2f} (4/4)"  # over 4 of the 4 planned (category, seed)
     # mean ± std over seeds; the mean row's std is over the per-seed means across categories
     pm = built["ablation_image_AUROC_pm"].frame
     assert pm.loc["weave", "row 2"] == f"{100 * 0.5205:.2f} ± {100 * statistics.stdev([0.52, 0.521]):.2f}"
     per_seed = [statistics.mean([0.57, 0.67]), statistics.mean([0.571, 0.671])]
-    assert pm.loc["mean", "row 7"] == f"{100 * statistics.mean(per_seed):.2f} ± {100 * statistics.stdev(per_seed):.2f}"
+    assert pm.loc["mean", "row 7"] == (f"{100 * statistics.mean(per_seed):.2f} ± {100 * statistics.stdev(per_seed):.2f}"
+                                       f" (4/4)")
 
     summary = built["ablation_summary"].frame
-    assert list(summary.columns[:6]) == ["Deep Features", "Large Kernel", "MVTec AD", "DTD", "Parameter Copying",
-                                         "Gradient Update"]
+    assert list(summary.columns[:4]) == ["df (deep features)", "lk (large kernel)", "anomaly_source",
+                                         "df_update (F training)"]
     assert summary.index[0].startswith("1 (DRAEM") and summary.iloc[0]["paper AUROC"] == "98.00"
     row7 = summary.loc["7"]
-    assert (row7["Deep Features"], row7["Large Kernel"], row7["MVTec AD"], row7["DTD"]) == ("✓", "✓", "✓", "")
+    assert (row7["df (deep features)"], row7["lk (large kernel)"], row7["anomaly_source"],
+            row7["df_update (F training)"]) == ("✓", "✓", "mvtec", "copy")
+    # the dtd row without a DTD root says so: never a bare DTD
+    row2 = summary.loc["2"]
+    assert row2["anomaly_source"] == "procedural (DTD absent)" and row2["df_update (F training)"] == ""
+    assert "procedural (DTD absent): no DTD root was given" in built["ablation_summary"].markdown()
     assert row7["paper AUROC"] == "99.70" and row7["paper AP"] == "99.87"
     assert row7["image AUROC"].startswith(f"{100 * statistics.mean(per_seed):.2f} ± ")
     assert "not comparable" in built["ablation_summary"].markdown()
@@ -120,7 +132,33 @@ def test_missing_and_unavailable_cells_are_marked(store):
     pixel = built["ablation_pixel_AUROC"].frame
     assert pixel.loc["weave", "row 7"] == "unavailable" and pixel.loc["mean", "row 7"] == "unavailable"
     assert pixel.loc["bolt", "row 7"] == "90.00"
-    assert "1 trials did not finish" in built["ablation_summary"].markdown()
+    auroc = built["ablation_image_AUROC"].frame
+    assert auroc.loc["weave", "row 2"] == f"{100 * 0.521:.2f} (1/2)"  # seed 1 only
+    assert auroc.loc["mean", "row 2"].endswith(" (3/4)")
+    assert "1 of 8 planned trials did not finish" in built["ablation_summary"].markdown()
+
+
+def test_tables_follow_the_plan_not_the_runs(store):
+    """A planned trial that never got a run (it failed before its first report, or the sweep was
+    stopped) is a missing cell, and the means say over how many planned pairs they are taken."""
+    children = ablation_children()
+    never = [c for c in children if c["name"] == "bolt-r7-s1"]
+    children = [c for c in children if c["name"] != "bolt-r7-s1"]
+    built = by_name(tables.build_and_log(store, make_sweep(store, "ablation", children, unstarted=never)))
+    auroc = built["ablation_image_AUROC"].frame
+    assert list(auroc.index) == ["bolt", "weave", "mean"]
+    assert auroc.loc["bolt", "row 7"] == f"{100 * 0.67:.2f} (1/2)"
+    assert auroc.loc["mean", "row 7"] == f"{100 * statistics.mean([0.67, statistics.mean([0.57, 0.571])]):.2f} (3/4)"
+    pm = built["ablation_image_AUROC_pm"].frame
+    # per-seed means are keyed by seed: seed 0 over both categories, seed 1 over weave only
+    per_seed = [statistics.mean([0.57, 0.67]), 0.571]
+    assert pm.loc["mean", "row 7"].startswith(f"{100 * statistics.mean(per_seed):.2f} ± ")
+    assert "bolt-r7-s1" in built["ablation_summary"].markdown()
+
+    children = [c for c in ablation_children() if not c["name"].startswith("bolt-r7")]
+    unstarted = [c for c in ablation_children() if c["name"].startswith("bolt-r7")]
+    built = by_name(tables.build_and_log(store, make_sweep(store, "ablation", children, unstarted=unstarted)))
+    assert built["ablation_image_AUROC"].frame.loc["bolt", "row 7"] == "–"
 
 
 def test_dfmgan_table_1_layout(store):

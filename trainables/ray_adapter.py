@@ -1,7 +1,10 @@
 """Ray adapter: runs a trainer entry point inside a Ray Tune function trial.
 
-`run_trial(config)` is the one function trainable every sweep hands to Tune. The trainer loop
-is the same plain function in both paths below; only its `report` callable differs.
+`run_trial(config)` is the one function trainable every sweep hands to Tune. Its config carries
+the trainer's whole flat config as the driver built and validated it; the worker rebuilds the
+frozen config from that dict plus only the sampled values (HPO) and the resume pointer
+(`worker_config`), so what the driver recorded is what runs. The trainer loop is the same
+plain function in both paths below; only its `report` callable differs.
 
 - One worker (the common case: a CPU, a GPU or a fraction of one per trial): the loop runs
   directly in the Tune trial actor. Each report becomes `tune.report`, with a
@@ -20,11 +23,10 @@ folder, plus `pictures/*.png` when the dict carries pictures, and that folder is
 which copies it to the sweep's storage. Every report also carries `trainer_s` (seconds spent in
 the loop, excluding time inside `report`) and `report_s` (time persisting reports), so the
 driver can measure per-trial overhead. This module never imports `platform` (it runs on
-workers) and imports Ray lazily, so the trainer registry is usable without Ray.
+workers) and imports Ray lazily.
 """
 
 import contextlib
-import importlib
 import logging
 import tempfile
 import time
@@ -32,48 +34,26 @@ from pathlib import Path
 from typing import Any, Callable
 
 from trainables.checkpoint import save_checkpoint
-from trainables.errors import UserInputError
+from trainables.methods import load_entry, make_trial_config
 from trainables.pictures import save_pictures
 
-# method -> (module, entry point); the module also exposes `make_config(preset, overrides)`
-# (or `make_<name>_config` for an entry point `train_<name>`, when it holds several trainers)
-METHODS: dict[str, tuple[str, str]] = {
-    "detector": ("trainables.detector.train", "train_detector"),
-    "gan_stage1": ("trainables.gan", "train_gan_stage1"),
-    "gan_stage2": ("trainables.gan", "train_gan_stage2"),
-    "classifier": ("trainables.gan", "train_classifier"),
-}
-
-
-def load_method(method: str) -> tuple[Callable, Callable]:
-    """(entry point, make_config) of a method: a METHODS key, or `package.module:function` for a
-    trainer outside the registry; UserInputError if its module is not there."""
-    if ":" in method:
-        module_name, entry = method.split(":", 1)
-    elif method in METHODS:
-        module_name, entry = METHODS[method]
-    else:
-        raise UserInputError(f"method={method!r}: expected one of {sorted(METHODS)} or module:function")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as error:
-        if error.name and module_name.startswith(error.name):
-            raise UserInputError(f"method {method}: its trainer module {module_name} is not in this "
-                                 f"checkout") from None
-        raise
-    make_config = getattr(module, f"make_{entry.removeprefix('train_')}_config", None) or module.make_config
-    return getattr(module, entry), make_config
-
-
-def trial_config(method: str, preset: str, overrides: dict, *, workers: int = 1, cpus_per_worker: float = 1,
-                 gpus_per_worker: float = 0, train_storage: str | None = None, max_failures: int = 1,
-                 controller_failure_limit: int = 1) -> dict:
-    """The Tune config of one trial: what `run_trial` needs, as plain JSON-able values."""
+def trial_config(method: str, config: dict, *, name: str, group: str = "", params: dict | None = None,
+                 workers: int = 1, cpus_per_worker: float = 1, gpus_per_worker: float = 0,
+                 train_storage: str | None = None, max_failures: int = 1, controller_failure_limit: int = 1) -> dict:
+    """The Tune config of one trial: the trainer's whole flat `config` as the driver built it,
+    the trial's identity and labels (`params`, for MLflow), and how to run it; plain JSON-able values."""
     assert workers >= 1 and max_failures >= 0 and controller_failure_limit >= 0
-    return {"method": method, "preset": preset, "overrides": dict(overrides), "workers": workers,
-            "cpus_per_worker": cpus_per_worker, "gpus_per_worker": gpus_per_worker,
+    return {"method": method, "config": dict(config), "name": name, "group": group, "params": dict(params or {}),
+            "workers": workers, "cpus_per_worker": cpus_per_worker, "gpus_per_worker": gpus_per_worker,
             "train_storage": train_storage, "max_failures": max_failures,
             "controller_failure_limit": controller_failure_limit}
+
+
+def worker_config(trial: dict, sampled: dict, **runtime):
+    """The trainer's config on the worker: the driver's flat dict plus only the sampled values
+    (HPO) and `runtime` fields (the resume pointer, a DDP rank's device)."""
+    flat = {**trial["config"], **sampled, **runtime}
+    return make_trial_config(trial["method"], flat["preset"], flat)
 
 
 def run_trial(config: dict) -> None:
@@ -92,7 +72,7 @@ def run_trial(config: dict) -> None:
 def _run_direct(trial: dict, sampled: dict) -> None:
     from ray import tune
 
-    entry, make_config = load_method(trial["method"])
+    entry = load_entry(trial["method"])
 
     def report(metrics: dict, checkpoint: dict | None = None) -> None:
         with timer.report(metrics) as stamped:
@@ -103,8 +83,8 @@ def _run_direct(trial: dict, sampled: dict) -> None:
                 _persist(checkpoint, folder)
                 tune.report(stamped, checkpoint=tune.Checkpoint.from_directory(folder))
 
-    with _as_directory(tune.get_checkpoint()) as resume, _local_inputs(trial["overrides"]) as overrides:
-        cfg = make_config(trial["preset"], {**overrides, **sampled, "resume": resume})
+    with _as_directory(tune.get_checkpoint()) as resume, _local_inputs(trial) as trial:
+        cfg = worker_config(trial, sampled, resume=resume)
         timer = _Timer()
         entry(cfg, report)
 
@@ -144,7 +124,7 @@ def _train_worker(loop_config: dict) -> None:
 
     _quiet_checkpoint_logs()
     trial, sampled = loop_config["trial"], loop_config["sampled"]
-    entry, make_config = load_method(trial["method"])
+    entry = load_entry(trial["method"])
     rank = ray.train.get_context().get_world_rank()
 
     def report(metrics: dict, checkpoint: dict | None = None) -> None:
@@ -157,8 +137,8 @@ def _train_worker(loop_config: dict) -> None:
                 ray.train.report(stamped, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
     device = ray.train.torch.get_device()  # this rank's GPU, or cpu
-    with _as_directory(ray.train.get_checkpoint()) as resume, _local_inputs(trial["overrides"]) as overrides:
-        cfg = make_config(trial["preset"], {**overrides, **sampled, "resume": resume, "device": str(device)})
+    with _as_directory(ray.train.get_checkpoint()) as resume, _local_inputs(trial) as trial:
+        cfg = worker_config(trial, sampled, resume=resume, device=str(device))
         timer = _Timer()
         entry(cfg, report)
 
@@ -190,23 +170,24 @@ def _as_directory(checkpoint):
 
 
 @contextlib.contextmanager
-def _local_inputs(overrides: dict):
-    """`overrides` with every checkpoint URI (an earlier trial's output in cloud storage, e.g. a
-    GAN stage-1 checkpoint `s3://...`) replaced by a local copy for the block's duration."""
-    remote = {k: v for k, v in overrides.items() if isinstance(v, str) and "://" in v and k != "data"}
+def _local_inputs(trial: dict):
+    """`trial` with every checkpoint URI in its config (an earlier trial's output in cloud storage,
+    e.g. a GAN stage-1 checkpoint `s3://...`) replaced by a local copy for the block's duration."""
+    config = trial["config"]
+    remote = {k: v for k, v in config.items() if isinstance(v, str) and "://" in v and k != "data"}
     if not remote:
-        yield overrides
+        yield trial
         return
     import pyarrow.fs
 
     with tempfile.TemporaryDirectory(prefix="inputs-") as folder:
-        local = dict(overrides)
+        local = dict(config)
         for key, uri in remote.items():
             filesystem, path = pyarrow.fs.FileSystem.from_uri(uri)
             pyarrow.fs.copy_files(path, f"{folder}/{key}", source_filesystem=filesystem,
                                   destination_filesystem=pyarrow.fs.LocalFileSystem())
             local[key] = f"{folder}/{key}"
-        yield local
+        yield {**trial, "config": local}
 
 
 class _Timer:

@@ -188,7 +188,8 @@ def build_source_pool(source: str, root, category: str, size: int, per_category:
     if source not in SOURCES:
         raise UserInputError(f"anomaly_source={source!r}: expected one of {list(SOURCES)}")
     if source == "dtd":
-        bank = load_texture_bank("auto", dtd_root=dtd_root, size=size, seed=seed)
+        # a DTD root given is an explicit ask: DTD or an error, never a silent procedural stand-in
+        bank = load_texture_bank("dtd" if dtd_root else "procedural", dtd_root=dtd_root, size=size, seed=seed)
         return SourcePool(bank.images, source, bank.source, False)
     others = [c for c in root.categories if c != category]
     if not others:

@@ -1,0 +1,204 @@
+"""Running a planned sweep: Ray, the MLflow parent run, the phases in order, the tables.
+
+`Sweep` is a validated plan (search_spaces/) plus where and how it runs. `run(sweep)` connects
+to Ray, checks that the trials' dataset is readable where they will run, opens (or reopens) the
+sweep's MLflow parent run, runs each phase as one Tune experiment with every trial's flat
+config as the plan built it (an earlier phase's checkpoint is filled into the trials that
+start from it; those whose upstream trial failed are skipped), builds the tables from the plan
+and the runs, and returns an `Outcome`. Progress lines come from the tracking callback; the
+summary is the CLI's to print (platform/sweep.py).
+"""
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+
+from platform import cost, storage
+from platform.resources import Resources, fmt, size_for_cluster
+from search_spaces.base import SweepPlan, TrialSpec, dataset_info
+from trainables.errors import UserInputError
+
+# config fields the tables lay out (ablation switches, DFMGAN's defect and λ, the partition)
+SWITCHES = ("anomaly_source", "df", "lk", "df_update", "dtd_root", "defect", "lambda_ms", "partition")
+
+
+@dataclasses.dataclass
+class Sweep:
+    plan: SweepPlan
+    build_options: dict         # the builder's arguments: enough to rebuild the plan on --resume
+    sweep_id: str
+    resources: Resources
+    storage: str
+    tracking_uri: str
+    experiment: str
+
+    def record(self) -> dict:
+        """What `--resume` and `report` read back: the options, resources and where things are."""
+        return {"sweep_id": self.sweep_id, "kind": self.plan.kind, "build": self.build_options,
+                "resources": dataclasses.asdict(self.resources), "storage": self.storage,
+                "tracking_uri": self.tracking_uri, "experiment": self.experiment, "dataset": self.plan.dataset,
+                "preset": self.plan.preset, "n_trials": self.plan.n_runs}
+
+    def planned(self) -> list[dict]:
+        """The plan's trials as the tables need them (a sampled phase: its template and count)."""
+        return [{"name": t.name, "method": t.method, "phase": phase.name, "category": t.category,
+                 "group": t.group, "seed": t.seed, "params": dict(t.params), "needs": t.needs,
+                 "switches": {k: t.config.get(k, t.params.get(k)) for k in SWITCHES if k in t.config or k in t.params},
+                 "samples": phase.search.num_samples if phase.search else 1}
+                for phase in self.plan.phases for t in phase.trials]
+
+    def estimates(self) -> dict[str, float]:
+        """Expected seconds of each trial's trainer (platform/cost.py; Ray's overhead not included)."""
+        info = dataset_info(self.plan.data)
+        return {t.name: cost.trial_seconds(t.cfg, cost.Trial(t.method, info.n_train(t.category),
+                                                             len(info.defect_types(t.category))),
+                                           self.plan.preset, self.device, self.resources.workers)
+                for t in self.plan.trials}
+
+    @property
+    def device(self) -> str:
+        return "gpu" if self.resources.gpus_per_trial else "cpu"
+
+
+@dataclasses.dataclass
+class Outcome:
+    parent_run_id: str
+    tables: list
+    finished: int               # trainer runs that finished
+    failed: int                 # failed or skipped
+    wall_s: float
+    timing: dict                # overhead figures (overhead_summary)
+
+
+def run(sweep: Sweep) -> Outcome:
+    import ray
+
+    from platform import tables, tracking, tuner
+    from trainables.data import resolve_data
+
+    for where in storage.in_job_dir(sweep.storage, sweep.tracking_uri):
+        print(f"warning: {where} is inside this job's temporary working dir; pass --storage / --tracking-uri "
+              f"(or MLFLOW_TRACKING_URI) to keep results")
+    resolve_data(sweep.plan.data)  # generate the embedded set once here, not in N trials at once
+    started_ray, where = tuner.connect_ray()
+    print(where)
+    try:
+        on_cluster = bool(os.environ.get("RAY_ADDRESS")) or not started_ray
+        sizing = size_for_cluster(sweep.resources, ray.cluster_resources(), on_cluster)
+        for note in sizing.notes:
+            print(f"note: {note}")
+        print(f"concurrency: {sizing.concurrent} trials at once ({fmt(sizing.resources.need())} each; "
+              f"cluster {fmt(ray.cluster_resources())})")
+        if sweep.plan.data != "embedded":
+            check_data_on_nodes(sweep.plan.data, [t.category for t in sweep.plan.trials])
+        storage.write_record(sweep.storage, sweep.sweep_id, sweep.record())
+        tracking.experiment_id(sweep.tracking_uri, sweep.experiment)  # create the store once, before trials
+        parent = tracking.open_parent(sweep.tracking_uri, sweep.experiment, sweep.sweep_id, _parent_params(sweep),
+                                      sweep.record(), sweep.planned())
+        print(f"MLflow parent run {parent} in {sweep.tracking_uri} (experiment {sweep.experiment})")
+        began = time.monotonic()
+        failed, slot_seconds = _run_phases(sweep, sizing.resources, sizing.concurrent, parent)
+        wall = time.monotonic() - began
+        local = storage.local_path(sweep.storage)
+        built = tables.build_and_log(sweep.tracking_uri, parent,
+                                     out_dir=Path(local) / sweep.sweep_id / "tables" if local else None)
+        timing = overhead_summary(sweep.tracking_uri, parent, slot_seconds)
+        tracking.close_parent(sweep.tracking_uri, parent, failed,
+                              {"sweep_wall_s": round(wall, 1), "failed_trials": failed, **timing})
+    finally:
+        if started_ray:
+            ray.shutdown()
+    return Outcome(parent, built, sweep.plan.n_runs - failed, failed, wall, timing)
+
+
+def check_data_on_nodes(data: str, categories: list[str]) -> None:
+    """UserInputError, before any trial starts, when a node that can run trials cannot read the
+    dataset folder (a path that exists only on the driver's machine). Nodes the autoscaler adds
+    later are checked by the trainers themselves (their error names the path)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    @ray.remote(num_cpus=0)
+    def missing(path: str, names: list[str]) -> list[str]:
+        root = Path(path)
+        return [str(root / name) for name in names if not (root / name / "train").is_dir()] \
+            if root.is_dir() else [path]
+
+    nodes = [n for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) > 0]
+    checks = {n["NodeManagerAddress"]: missing.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+        n["NodeID"], soft=False)).remote(data, sorted(set(categories))) for n in nodes}
+    for address, ref in checks.items():
+        absent = ray.get(ref, timeout=120)
+        if absent:
+            raise UserInputError(f"--data {data}: the node at {address} cannot read {absent[0]}; expected the "
+                                 f"dataset at the same absolute path on every node (a shared filesystem)")
+
+
+def _parent_params(sweep: Sweep) -> dict:
+    options = {k: v for k, v in sweep.plan.options.items() if v not in (None, {}, [])}
+    return {"kind": sweep.plan.kind, "preset": sweep.plan.preset, "data": sweep.plan.data,
+            "dataset": sweep.plan.dataset, **options, "n_trials": sweep.plan.n_runs,
+            "workers_per_trial": sweep.resources.workers, "gpus_per_trial": sweep.resources.gpus_per_trial,
+            "storage": sweep.storage}
+
+
+def _run_phases(sweep: Sweep, resources: Resources, concurrent: int, parent: str) -> tuple[int, float]:
+    """Run every phase; returns (failed or skipped trials, trial-slot seconds = slots x phase wall time)."""
+    from platform import tracking, tuner
+
+    provenance = {"dataset": sweep.plan.dataset, **tracking.provenance()}
+    done_checkpoints: dict[str, str] = {}
+    failed, slot_seconds = 0, 0.0
+    sweep_storage = storage.join(sweep.storage, sweep.sweep_id)
+    for phase in sweep.plan.phases:
+        trials = [with_dependency(t, done_checkpoints) for t in phase.trials]
+        runnable = [t for t in trials if t is not None]
+        skipped = len(trials) - len(runnable)
+        if skipped:
+            print(f"phase {phase.name}: {skipped} trials skipped (the trial they start from failed)")
+            failed += skipped
+        if not runnable:
+            continue
+        total = phase.search.num_samples if phase.search else len(runnable)
+        callback = tracking.MLflowTrialCallback(sweep.tracking_uri, parent, provenance, sweep.storage, total)
+        began = time.monotonic()
+        results = tuner.run_phase(sweep_storage, phase, runnable, resources, concurrent, callback)
+        slot_seconds += min(concurrent, len(results)) * (time.monotonic() - began)
+        for result in results:
+            name = result.config["trial"]["name"]  # a grid trial's spec name (dependencies use it)
+            if result.error is not None:
+                failed += 1
+                continue
+            path = storage.checkpoint_path(result, sweep.storage)
+            if path:
+                done_checkpoints[name] = path
+    return failed, slot_seconds
+
+
+def with_dependency(trial: TrialSpec, checkpoints: dict[str, str]) -> TrialSpec | None:
+    """The trial with its earlier trial's checkpoint filled into its config (None if that trial
+    failed). Only the pointer changes: the config was built and validated with the plan."""
+    if trial.needs is None:
+        return trial
+    if trial.needs not in checkpoints:
+        return None
+    return dataclasses.replace(trial, cfg=dataclasses.replace(trial.cfg, **{trial.needs_key: checkpoints[trial.needs]}))
+
+
+def overhead_summary(tracking_uri: str, parent: str, slot_seconds: float) -> dict[str, float]:
+    """Per-trial overhead figures from the children's timings (see the tracking callback)."""
+    from platform import tracking
+
+    runs = [r for r in tracking.children(tracking_uri, parent) if "trainer_s" in r.data.metrics]
+    if not runs:
+        return {}
+    trainer = [r.data.metrics["trainer_s"] for r in runs]
+    inside = [r.data.metrics["overhead_s"] for r in runs if "overhead_s" in r.data.metrics]
+    out = {"trainer_s_mean": round(sum(trainer) / len(trainer), 3), "trainer_s_total": round(sum(trainer), 3)}
+    if inside:
+        out["overhead_s_mean"] = round(sum(inside) / len(inside), 3)
+    if slot_seconds:
+        out["overhead_amortized_s"] = round(max(0.0, slot_seconds - sum(trainer)) / len(runs), 3)
+    return out
+

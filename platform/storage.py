@@ -1,0 +1,95 @@
+"""Where a sweep keeps its files: sweep ids, the sweep record, and paths or URIs in its storage.
+
+A sweep's storage (`--storage`, a local folder or a URI such as `s3://bucket/sweeps` on a
+cluster) holds one folder per sweep id: `sweep.json` (the record `--resume` reads), one Tune
+experiment per phase, Train runs of nested trials under `train/`, and the tables. Every function
+here computes and returns; nothing prints. Not here: MLflow (platform/tracking.py).
+"""
+
+import hashlib
+import json
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_STORAGE = REPO / "runs" / "sweeps"
+
+
+def make_sweep_id(plan, workers: int = 1) -> str:
+    """`<kind>[-<grid>]-<preset>-<hash>`: the same options always give the same id. The Train
+    world size is part of it (DDP shards batches, so results differ); GPUs and CPUs are not."""
+    key = json.dumps({"kind": plan.kind, "preset": plan.preset, "data": plan.data, "options": plan.options,
+                      "workers": workers}, sort_keys=True, default=str)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:8]
+    grid = plan.options.get("grid")
+    return "-".join([plan.kind] + ([grid] if grid else []) + [plan.preset, digest])
+
+
+def write_record(storage: str, sweep_id: str, record: dict) -> None:
+    write_text(join(storage, sweep_id, "sweep.json"), json.dumps(record, indent=2, sort_keys=True))
+
+
+def read_record(storage: str, sweep_id: str) -> dict | None:
+    """A sweep's saved record from its storage folder, or None when there is none."""
+    try:
+        return json.loads(read_text(join(absolute(storage), sweep_id, "sweep.json")))
+    except FileNotFoundError:
+        return None
+
+
+def write_text(path: str, text: str) -> None:
+    if "://" in path:
+        import pyarrow.fs
+
+        filesystem, fs_path = pyarrow.fs.FileSystem.from_uri(path)
+        filesystem.create_dir(fs_path.rsplit("/", 1)[0], recursive=True)
+        with filesystem.open_output_stream(fs_path) as out:
+            out.write(text.encode())
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(text)
+
+
+def read_text(path: str) -> str:
+    if "://" in path:
+        import pyarrow.fs
+
+        filesystem, fs_path = pyarrow.fs.FileSystem.from_uri(path)
+        if filesystem.get_file_info(fs_path).type == pyarrow.fs.FileType.NotFound:
+            raise FileNotFoundError(path)
+        with filesystem.open_input_stream(fs_path) as stream:
+            return stream.read().decode()
+    return Path(path).read_text()
+
+
+def join(base: str, *parts: str) -> str:
+    return "/".join([base.rstrip("/"), *parts])
+
+
+def absolute(storage: str) -> str:
+    return storage if "://" in storage else str(Path(storage).expanduser().resolve())
+
+
+def local_path(storage: str) -> str | None:
+    """The storage as a local folder, or None when it is a URI."""
+    return None if "://" in storage else storage
+
+
+def checkpoint_path(result, storage: str) -> str | None:
+    """Where a finished trial's last checkpoint is: a path, or a URI when storage is remote
+    (the Ray adapter copies such inputs to the trial's node)."""
+    if result.metrics and result.metrics.get("checkpoint_path"):
+        path = result.metrics["checkpoint_path"]  # nested Train run
+    elif result.checkpoint is not None:
+        path = result.checkpoint.path
+    else:
+        return None
+    scheme = storage.split("://", 1)[0] if "://" in storage else None
+    return f"{scheme}://{path}" if scheme and "://" not in path else path
+
+
+def in_job_dir(*locations: str) -> list[str]:
+    """Those of `locations` inside this process's repo when it is a `ray job submit` working dir
+    (a temporary copy Ray deletes afterwards)."""
+    if "runtime_resources" not in str(REPO):
+        return []
+    return [where for where in locations if str(REPO) in where]

@@ -1,0 +1,122 @@
+"""Ray and Tune for a sweep: the connection, and one Tune experiment per phase of a plan.
+
+`connect_ray` attaches to `$RAY_ADDRESS` or starts a local runtime (dashboard on: Train V2 needs
+its State API). `run_phase` turns a phase's trials, each carrying its whole flat config, into
+a Tuner (a grid over explicit trials, or an Optuna study with ASHA) and restores it when the
+phase's experiment already exists in the sweep's storage. Not here: MLflow (the tracking
+callback is handed in) and the order of phases (platform/runner.py).
+"""
+
+import os
+
+from platform import storage
+from platform.resources import Resources, fmt
+
+TRIAL_RETRIES = 1           # Tune relaunches a failed trial once (from its last checkpoint)
+TRAIN_RETRIES = 1           # Train restarts a failed worker group once; its controller too
+CHECKPOINTS_KEPT = 2
+
+
+def connect_ray() -> tuple[bool, str]:
+    """$RAY_ADDRESS when set (a cluster, or a `ray job`), else a new local runtime with the
+    dashboard. Never `ray.init()` without an address: it would attach to whatever cluster this
+    machine last started (docs/platform.md §2). Returns (started here, a line saying where)."""
+    import ray
+
+    # Tune warns on every forced experiment snapshot, which `num_to_keep` causes by design
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if ray.is_initialized():  # a caller (a notebook, a test) already connected this process
+        return False, f"using this process's Ray connection ({fmt(ray.cluster_resources())})"
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, logging_level="WARNING")
+        return False, f"connected to the Ray cluster at {address}"
+    context = ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1",
+                       logging_level="WARNING")
+    return True, (f"started a local Ray runtime ({fmt(ray.cluster_resources())}); dashboard: "
+                  f"http://{context.dashboard_url}")
+
+
+def tune_trials(trials, resources: Resources, train_storage: str) -> list[dict]:
+    """Each trial's Tune config: its flat trainer config as the plan built it, and how to run it."""
+    from trainables.ray_adapter import trial_config
+
+    return [{**trial_config(t.method, t.config, name=t.name, group=t.group, params=t.params,
+                            workers=resources.workers, cpus_per_worker=resources.cpus_per_worker,
+                            gpus_per_worker=resources.gpus_per_worker, train_storage=train_storage,
+                            max_failures=TRAIN_RETRIES, controller_failure_limit=TRAIN_RETRIES),
+             "category": t.category, "seed": t.seed} for t in trials]
+
+
+def run_phase(sweep_storage: str, phase, trials, resources: Resources, concurrent: int, callback):
+    """One Tune experiment under `<sweep storage>/<phase>`: a grid over explicit trials, or an
+    Optuna study; restored if it exists. Returns Tune's ResultGrid."""
+    from ray import tune
+
+    from trainables.ray_adapter import run_trial
+
+    configs = tune_trials(trials, resources, storage.join(sweep_storage, "train"))
+    trainable = tune.with_resources(run_trial, resources.trial_bundle())
+    if phase.search is None:
+        param_space = {"trial": tune.grid_search(configs)}
+        # reusing trial actors keeps torch imported and the decoded data cached across trials
+        # (a fresh actor costs seconds per trial); loops seed themselves from their config
+        tune_config = tune.TuneConfig(max_concurrent_trials=resources.max_concurrent,
+                                      reuse_actors=not resources.nested,
+                                      trial_name_creator=trial_name, trial_dirname_creator=trial_name)
+    else:
+        param_space, tune_config = _search_setup(phase.search, configs[0], concurrent)
+    path = storage.join(sweep_storage, phase.name)
+    if tune.Tuner.can_restore(path):
+        print(f"phase {phase.name}: resuming {path}")
+        tuner = tune.Tuner.restore(path, trainable=trainable, param_space=param_space, resume_errored=True)
+    else:
+        print(f"phase {phase.name}: {len(trials) if phase.search is None else phase.search.num_samples} trials")
+        run_config = tune.RunConfig(
+            name=phase.name, storage_path=sweep_storage, callbacks=[callback],
+            failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
+            verbose=0)  # Tune's tables print every config and result; the callback prints one line each
+        tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
+    return tuner.fit()
+
+
+def _search_setup(search, template: dict, concurrent: int):
+    """Optuna over `search.space` around `template`, ASHA on a metric every report carries."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import ConcurrencyLimiter
+
+    # Optuna's objective exists only in a trial's last report; Tune's strict check would
+    # reject every earlier report, and OptunaSearch would fail on them (_final_metric_optuna)
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    config = template["config"]
+    reports = max(1, config.get("epochs", 100) // max(1, config.get("report_every", 1)))
+    space = {name: (tune.loguniform if dist == "loguniform" else tune.uniform)(low, high)
+             for name, (dist, low, high) in search.space.items()}
+    searcher = _final_metric_optuna()(metric=search.metric, mode=search.mode, seed=0)
+    tune_config = tune.TuneConfig(
+        search_alg=ConcurrencyLimiter(searcher, max_concurrent=concurrent), num_samples=search.num_samples,
+        scheduler=ASHAScheduler(time_attr="training_iteration", metric=search.asha_metric, mode=search.asha_mode,
+                                max_t=reports + 1, grace_period=search.grace_period),
+        trial_name_creator=trial_name, trial_dirname_creator=trial_name)
+    return {"trial": template, "search": space}, tune_config
+
+
+def _final_metric_optuna():
+    """OptunaSearch that skips reports without its metric (the detector's objective comes last;
+    the stock class raises KeyError on the first epoch's report)."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    class FinalMetricOptunaSearch(OptunaSearch):
+        def on_trial_result(self, trial_id, result):
+            if self.metric in result:
+                super().on_trial_result(trial_id, result)
+
+    return FinalMetricOptunaSearch
+
+
+def trial_name(trial) -> str:
+    """A trial's run name: its spec's name, plus the trial's index when sampled (HPO)."""
+    name = trial.config["trial"]["name"]
+    return f"{name}-{trial.trial_id.rsplit('_', 1)[-1]}" if trial.config.get("search") else name
