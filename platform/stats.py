@@ -230,6 +230,15 @@ def row_means(values: Mapping, n_resamples: int = 10_000, seed: int = 0, level: 
     return out
 
 
+def cell_means(values: Mapping) -> dict:
+    """{(category, group): seed mean}: the cells of the per-category tables (and the heat-map)."""
+    seeds: dict = {}
+    for (group, category, _), value in values.items():
+        if value is not None and math.isfinite(float(value)):
+            seeds.setdefault((category, group), []).append(float(value))
+    return {key: float(np.mean(v)) for key, v in seeds.items()}
+
+
 def _cells(values: Mapping, group: str) -> dict:
     """{(category, seed): value} of one group, finite values only."""
     return {(c, s): float(v) for (g, c, s), v in values.items()
