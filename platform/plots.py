@@ -39,13 +39,15 @@ def paper_marks() -> dict:
 
 
 def plot_ablation_bars(rows: Mapping, path, paper: Mapping | None = None, reference: str | None = "row 7",
+                       groups: Sequence | None = None,
                        title: str = "Ablation (Table 4 rows): mean over categories, 95% interval") -> list[str]:
     """rows: {metric: {group: (mean, low, high)}} in [0, 1] (stats.row_means per metric), panels in
-    the mapping's order; paper: optional {metric: {group: percent}} drawn as black ticks (the
-    paper's own numbers). Returns the panel titles."""
+    the mapping's order; groups: bar order (default first-seen); paper: optional {metric: {group:
+    percent}} drawn as black ticks (the paper's own numbers). Returns the panel titles."""
     metrics = list(rows)
-    groups = _union(rows[m] for m in metrics)
-    fig = _figure(len(metrics), ncols=2, panel=(max(4.5, 0.75 * len(groups) + 1.5), 3.6))
+    groups = list(groups) if groups is not None else _union(rows[m] for m in metrics)
+    wide = len(groups) > 8  # the factorial grid's 12 variants: one panel a line
+    fig = _figure(len(metrics), ncols=1 if wide else 2, panel=(max(4.5, 0.75 * len(groups) + 1.5), 3.6))
     axes = fig.axes
     for ax, metric in zip(axes, metrics):
         _bars(ax, metric, rows[metric], groups, (paper or {}).get(metric), reference)

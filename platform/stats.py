@@ -187,17 +187,33 @@ def compare_rows(values: Mapping, metric: str, variants: Mapping | None = None, 
     return sorted(out, key=lambda c: (c.vs != reference, order[c.row], order[c.vs]))
 
 
+def holm(ps) -> list[float]:
+    """Holm's step-down adjustment of a family of p-values (NaN ones are not in the family and
+    stay NaN). A sweep's comparisons are one family: with 10 (Table 4) or 31 (factorial) tests at
+    0.05, an unadjusted 'significant' or two is expected by chance alone."""
+    ps = [float(p) for p in ps]
+    finite = sorted((p, i) for i, p in enumerate(ps) if not math.isnan(p))
+    out = [math.nan] * len(ps)
+    running = 0.0
+    for rank, (p, i) in enumerate(finite):
+        running = max(running, min(1.0, (len(finite) - rank) * p))
+        out[i] = running
+    return out
+
+
 def comparisons_frame(comparisons: list[Comparison]) -> pd.DataFrame:
     """Display table (strings, differences in percentage points) for a `comparisons` table;
-    the index is the row, like the other result tables."""
+    the index is the row, like the other result tables. `Holm p` adjusts over the comparisons
+    given (one metric's family); `significant` is the unadjusted rule of `Comparison`."""
+    adjusted = holm(c.p for c in comparisons)
     lines = [{
         "row": c.row, "vs": c.vs, "differs in": ", ".join(c.differs) or "–", "metric": c.metric,
         "n pairs": c.n, "mean diff (pp)": _pp(c.mean_diff),
         "95% CI": f"[{_pp(c.ci_low)}, {_pp(c.ci_high)}]" if c.n else "–",
-        "Wilcoxon p": "–" if math.isnan(c.p) else f"{c.p:.3g}",
-        "significant": "✓" if c.significant else "", "note": c.note} for c in comparisons]
+        "Wilcoxon p": _p(c.p), "Holm p": _p(holm_p),
+        "significant": "✓" if c.significant else "", "note": c.note} for c, holm_p in zip(comparisons, adjusted)]
     columns = ["row", "vs", "differs in", "metric", "n pairs", "mean diff (pp)", "95% CI", "Wilcoxon p",
-               "significant", "note"]
+               "Holm p", "significant", "note"]
     return pd.DataFrame(lines, columns=columns).set_index("row")
 
 
@@ -218,7 +234,7 @@ def row_means(values: Mapping, n_resamples: int = 10_000, seed: int = 0, level: 
     """{group: (mean, low, high)}: the mean over categories of each category's seed mean (the
     number in the tables' mean row) and a percentile interval from resampling categories."""
     out = {}
-    for group in sorted({key[0] for key in values}, key=str):
+    for group in dict.fromkeys(key[0] for key in values):  # first-seen order: the sweep's plan order
         per_category: dict = {}
         for (category, _), value in _cells(values, group).items():
             per_category.setdefault(category, []).append(value)
@@ -243,6 +259,10 @@ def _cells(values: Mapping, group: str) -> dict:
     """{(category, seed): value} of one group, finite values only."""
     return {(c, s): float(v) for (g, c, s), v in values.items()
             if g == group and v is not None and math.isfinite(float(v))}
+
+
+def _p(p: float) -> str:
+    return "–" if math.isnan(p) else f"{p:.3g}"
 
 
 def _pp(x: float) -> str:

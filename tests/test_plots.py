@@ -129,6 +129,7 @@ def test_from_stats_to_pictures(tmp_path):
     values = {(g, c, s): 0.95 + 0.005 * i + 0.001 * s for i, g in enumerate(GROUPS)
               for c in ("weave", "bolt", "tile") for s in (0, 1)}
     rows = {m: stats.row_means(values, n_resamples=200) for m in ("image_AUROC", "pixel_AP")}
+    assert list(rows["pixel_AP"]) == GROUPS  # the plan's order, not sorted text
     assert plots.plot_ablation_bars(rows, tmp_path / "a.png") == ["image AUROC", "pixel AP"]
     cells = stats.cell_means(values)
     assert cells["weave", "row 2"] == pytest.approx(0.9505)

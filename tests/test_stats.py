@@ -161,7 +161,7 @@ def test_comparisons_frame_reads_in_percentage_points():
     values = table({"row 7": 0.0, "row 5": -0.01, "row 3": 0.0}, noise=0.0)
     frame = stats.comparisons_frame(stats.compare_rows(values, "image_AUROC", n_resamples=200))
     assert list(frame.columns) == ["vs", "differs in", "metric", "n pairs", "mean diff (pp)", "95% CI",
-                                   "Wilcoxon p", "significant", "note"]
+                                   "Wilcoxon p", "Holm p", "significant", "note"]
     assert frame.index.name == "row"
     r5 = frame.loc["row 5"]
     assert (r5["vs"], r5["differs in"], r5["n pairs"], r5["mean diff (pp)"], r5["95% CI"]) == \
@@ -187,3 +187,11 @@ def test_values_from_trials_skips_unfinished_and_unavailable():
               T(group="row 7", category="bolt", seed=0, status="FAILED", values={"image_AUROC": 0.8}),
               T(group="row 5", category="weave", seed=0, status="FINISHED", values={"image_AUROC": "unavailable"})]
     assert stats.values_from_trials(trials, "image_AUROC") == {("row 7", "weave", 0): 0.9}
+
+
+def test_holm_adjustment_by_hand():
+    # m = 4 finite: sorted 0.01, 0.02, 0.03, 0.5 -> 0.04, max(0.04, 0.06), max(0.06, 0.06), max(0.06, 0.5)
+    adjusted = stats.holm([0.03, math.nan, 0.01, 0.5, 0.02])
+    assert adjusted[1] != adjusted[1]  # NaN stays out of the family
+    assert [adjusted[k] for k in (2, 4, 0, 3)] == pytest.approx([0.04, 0.06, 0.06, 0.5])
+    assert stats.holm([0.9, 0.8]) == pytest.approx([1.0, 1.0])  # capped at 1
