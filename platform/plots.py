@@ -17,7 +17,6 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-DETECTOR_METRICS = ("image_AUROC", "pixel_AUROC", "pixel_AP", "image_AP")
 BAR = "#4C72B0"
 REFERENCE_BAR = "#DD8452"     # the full model (row 7)
 
@@ -46,6 +45,7 @@ def plot_ablation_bars(rows: Mapping, path, paper: Mapping | None = None, refere
     percent}} drawn as black ticks (the paper's own numbers). Returns the panel titles."""
     metrics = list(rows)
     groups = list(groups) if groups is not None else _union(rows[m] for m in metrics)
+    _require(metrics and groups, "plot_ablation_bars: no metric or no row to draw")
     wide = len(groups) > 8  # the factorial grid's 12 variants: one panel a line
     fig = _figure(len(metrics), ncols=1 if wide else 2, panel=(max(4.5, 0.75 * len(groups) + 1.5), 3.6))
     axes = fig.axes
@@ -67,7 +67,8 @@ def _bars(ax, metric: str, cells: Mapping, groups: list, paper: Mapping | None, 
     mean, low, high = (100 * np.array([_triple(cells.get(g))[k] for g in groups], dtype=float) for k in range(3))
     finite = np.concatenate([low[np.isfinite(low)], mean[np.isfinite(mean)]])
     top_data = np.concatenate([high[np.isfinite(high)], mean[np.isfinite(mean)]])
-    marks = np.array([v for v in (paper or {}).values() if v is not None and math.isfinite(v)], dtype=float)
+    marks = np.array([_finite((paper or {}).get(g)) for g in groups], dtype=float)
+    marks = marks[np.isfinite(marks)]
     # AUROC and AP of these models sit near 100%: bars from 0 would hide differences of tenths of a
     # point, so the axis starts just below the lowest interval (the ticks say where).
     bottom = math.floor(min(np.concatenate([finite, marks]), default=0) - 0.5) if finite.size or marks.size else 0
@@ -108,6 +109,7 @@ def plot_category_heatmap(cells: Mapping, path, metric: str = "image_AUROC", cat
     unless given). Returns the panel title."""
     categories = list(categories) if categories is not None else sorted({c for c, _ in cells})
     groups = list(groups) if groups is not None else _union([[g for _, g in cells]])
+    _require(categories and groups, "plot_category_heatmap: no cell to draw")
     fig = Figure(figsize=(max(5.0, 0.9 * len(groups) + 2.5), max(3.0, 0.38 * len(categories) + 1.8)),
                  layout="constrained")
     ax = fig.add_subplot()
@@ -145,6 +147,7 @@ def plot_training_curves(curves: Mapping, path, metric: str, percent: bool = Fal
     children overlaid on a shared y axis (NaN values break the line). percent: values in [0, 1]
     drawn as %. Legends only up to `max_legend` runs a panel. Returns the panel titles."""
     groups = list(curves)
+    _require(groups, "plot_training_curves: no row to draw")
     fig = _figure(len(groups), ncols=min(3, max(1, len(groups))), panel=(4.6, 3.3), sharey=True)
     scale = 100 if percent else 1
     for ax, group in zip(fig.axes, groups):
@@ -184,6 +187,11 @@ def _save(fig: Figure, path) -> list[str]:
     FigureCanvasAgg(fig)
     fig.savefig(path, format="png", dpi=130)
     return [ax.get_title() for ax in fig.axes if ax.get_label() != "<colorbar>"]
+
+
+def _require(condition, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
 
 
 def _union(sequences) -> list:

@@ -11,6 +11,7 @@ from PIL import Image
 from platform import plots, stats
 
 GROUPS = [f"row {r}" for r in range(2, 9)]
+METRICS = ("image_AUROC", "pixel_AUROC", "pixel_AP", "image_AP")
 
 
 def assert_png(path):
@@ -24,7 +25,7 @@ def assert_png(path):
 def summary(missing=None) -> dict:
     """{metric: {group: (mean, low, high)}} with one (metric, group) cell NaN."""
     rows = {m: {g: (0.97 + 0.003 * i, 0.965 + 0.003 * i, 0.975 + 0.003 * i) for i, g in enumerate(GROUPS)}
-            for m in plots.DETECTOR_METRICS}
+            for m in METRICS}
     if missing:
         rows[missing[0]][missing[1]] = (math.nan,) * 3
     return rows
@@ -134,3 +135,13 @@ def test_from_stats_to_pictures(tmp_path):
     cells = stats.cell_means(values)
     assert cells["weave", "row 2"] == pytest.approx(0.9505)
     assert plots.plot_category_heatmap(cells, tmp_path / "h.png")[0].startswith("image AUROC (%)")
+
+
+def test_nothing_to_draw_is_an_error_not_an_empty_picture(tmp_path):
+    with pytest.raises(ValueError, match="no metric"):
+        plots.plot_ablation_bars({}, tmp_path / "a.png")
+    with pytest.raises(ValueError, match="no cell"):
+        plots.plot_category_heatmap({}, tmp_path / "h.png")
+    with pytest.raises(ValueError, match="no row"):
+        plots.plot_training_curves({}, tmp_path / "c.png", "loss")
+    assert not list(tmp_path.iterdir())
