@@ -84,6 +84,7 @@ class Trial:
     status: str
     params: dict
     values: dict                 # metric -> float, or "unavailable"
+    run_id: str = ""
 
 
 # ---------------------------------------------------------------- entry points
@@ -112,6 +113,16 @@ def build_and_log(tracking_uri: str, parent_run_id: str, out_dir: Path | None = 
             out_dir.mkdir(parents=True, exist_ok=True)
             (out_dir / f"{table.name}.md").write_text(table.markdown())
             (out_dir / f"{table.name}.csv").write_text(table.csv())
+    if parent.data.tags.get("sweep_kind") == "ablation" and planned:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="plots-") as folder:
+            drawn = ablation_plots(planned, {t.name: t for t in trials}, Path(folder), _curves_reader(client))
+            client.log_artifacts(parent_run_id, folder, f"tables/v{version}/plots")
+            if out_dir is not None:
+                for path in drawn:
+                    (out_dir / "plots").mkdir(parents=True, exist_ok=True)
+                    (out_dir / "plots" / path.name).write_bytes(path.read_bytes())
     client.log_text(parent_run_id, f"v{version}\n", "tables/LATEST")
     return built
 
@@ -140,7 +151,7 @@ def build(kind: str, trials: list[Trial], dataset: str, planned: list["Planned"]
 
 def summary_text(tables: list[Table]) -> str:
     """What a sweep prints at its end: the headline tables."""
-    first = {"ablation_summary", "ablation_image_AUROC", "classification_accuracy", "hpo_best"}
+    first = {"ablation_summary", "comparisons", "ablation_image_AUROC", "classification_accuracy", "hpo_best"}
     shown = [t for t in tables if t.name in first or t.name.startswith("dfmgan_")]
     return "\n".join(t.markdown() for t in (shown or tables))
 
@@ -215,6 +226,11 @@ def ablation_tables(planned: list[Planned], runs: dict[str, Trial]) -> list[Tabl
             **{_short(m): _fmt_over(metric_cells[m], group, by_seed=True) for m in DETECTOR_METRICS},
             "paper AUROC": f"{paper[0]:.2f}" if paper else MISSING,
             "paper AP": f"{paper[1]:.2f}" if paper else MISSING})
+    comparisons = _comparisons(planned, runs)
+    marks = {c.row: c for c in comparisons if c.metric == "image_AUROC" and c.kind == "reference"}
+    reference = next((c.vs for c in marks.values()), None)
+    for line, group in zip(lines[-len(groups):], groups):
+        line[f"Δ image AUROC vs {reference or 'row 7'}"] = _mark(marks.get(group), group == reference)
     summary = pd.DataFrame(lines).set_index("Number")
     notes = ["Means over categories, ± std over seeds (per-seed means), with n/N = finished of planned "
              "(category, seed) pairs. The paper's AP is ambiguous (docs/detector.md §5): compare it with both "
@@ -222,9 +238,106 @@ def ablation_tables(planned: list[Planned], runs: dict[str, Trial]) -> list[Tabl
     if procedural:
         notes.append(f"{PROCEDURAL}: no DTD root was given, so the procedural texture bank stood in for DTD "
                      f"(--set dtd_root=PATH for the real DTD); these rows are not the paper's DTD rows.")
+    notes.append("Δ vs the full model: mean paired difference in percentage points over (category, seed) "
+                 "pairs; * = significant (Wilcoxon signed-rank p < 0.05 and the paired-bootstrap 95% interval "
+                 "excludes 0), n.s. = not significant; see the comparisons table.")
     tables.insert(0, Table("ablation_summary", f"Ablation summary in the layout of Table 4 ({len(categories)} "
                                                f"categories; %)", summary, notes))
+    if comparisons:
+        from platform import stats
+
+        tables.insert(1, Table("comparisons", "Paired comparisons: each row vs the full model and vs its one-switch "
+                                              "neighbours, over (category, seed) pairs",
+                               stats.comparisons_frame(comparisons),
+                               ["mean diff = row − vs, in percentage points; 95% CI: paired bootstrap (10,000 "
+                                "resamples, seeded); Wilcoxon signed-rank two-sided p (NaN below 6 non-zero "
+                                "pairs, where it cannot reach 0.05); Holm p adjusts over one metric's comparisons."]))
     return tables
+
+
+def _variants(planned: list[Planned]) -> dict:
+    """{group: Variant} from the plan's switches (the statistics need each row's switch values)."""
+    from search_spaces.ablation import Variant
+
+    variants = {}
+    for p in planned:
+        s = p.switches
+        if p.group in variants or not {"anomaly_source", "df", "lk"} <= set(s):
+            continue
+        df = _true(s["df"])
+        variants[p.group] = Variant(s["anomaly_source"], df, _true(s["lk"]), s.get("df_update", "copy") if df else "-")
+    return variants
+
+
+def _values(planned: list[Planned], runs: dict[str, Trial], metric: str) -> dict:
+    """{(group, category, seed): value} of the plan's finished trials (what platform/stats.py reads)."""
+    out = {}
+    for p in planned:
+        run = runs.get(p.name)
+        value = run.values.get(metric) if run is not None and run.status == "FINISHED" else None
+        if isinstance(value, float) and not math.isnan(value):
+            out[p.group, p.category, p.seed] = value
+    return out
+
+
+def _comparisons(planned: list[Planned], runs: dict[str, Trial]) -> list:
+    from platform import stats
+
+    variants = _variants(planned)
+    if stats.reference_group(variants) is None:
+        return []  # no full model in this sweep: nothing to compare the rows with
+    return [c for metric in DETECTOR_METRICS
+            for c in stats.compare_rows(_values(planned, runs, metric), metric, variants)]
+
+
+def _mark(comparison, is_reference: bool) -> str:
+    if is_reference:
+        return "(reference)"
+    if comparison is None or not comparison.n:
+        return MISSING
+    return f"{100 * comparison.mean_diff:+.2f} {'*' if comparison.significant else 'n.s.'}"
+
+
+def ablation_plots(planned: list[Planned], runs: dict[str, Trial], folder: Path, curves_of) -> list[Path]:
+    """The Table 4 rows as bars with 95% intervals per metric, a category x row heat-map of image
+    AUROC, and every child's training curve per row; PNGs in `folder`. `curves_of(run_id)` gives a
+    run's (steps, values) of the training loss."""
+    from platform import plots, stats
+
+    groups = _ordered_groups(planned)
+    values = {m: _values(planned, runs, m) for m in DETECTOR_METRICS}
+    drawn = []
+    rows = {m: stats.row_means(v) for m, v in values.items() if v}
+    if rows:
+        plots.plot_ablation_bars(rows, folder / "ablation_bars.png", paper=plots.paper_marks(),
+                                 groups=[g for g in groups if any(g in r for r in rows.values())])
+        drawn.append(folder / "ablation_bars.png")
+    if values["image_AUROC"]:
+        plots.plot_category_heatmap(stats.cell_means(values["image_AUROC"]), folder / "heatmap_image_AUROC.png",
+                                    categories=sorted({p.category for p in planned}), groups=groups)
+        drawn.append(folder / "heatmap_image_AUROC.png")
+    curves = {}
+    for p in planned:
+        run = runs.get(p.name)
+        if run is not None and run.run_id:
+            steps, losses = curves_of(run.run_id)
+            if steps:
+                curves.setdefault(p.group, []).append((p.name, steps, losses))
+    if curves:
+        plots.plot_training_curves({g: curves[g] for g in groups if g in curves}, folder / "curves_loss.png",
+                                   CURVE_METRIC, xlabel="report")
+        drawn.append(folder / "curves_loss.png")
+    return drawn
+
+
+CURVE_METRIC = "loss/total"
+
+
+def _curves_reader(client):
+    def curve(run_id: str) -> tuple[list, list]:
+        history = sorted(client.get_metric_history(run_id, CURVE_METRIC), key=lambda m: m.step)
+        return [m.step for m in history], [m.value for m in history]
+    return curve
 
 
 def _short(metric: str) -> str:
@@ -321,7 +434,7 @@ def _trial(run) -> Trial:
     values = {**{k: v for k, v in tags.items() if v == UNAVAILABLE}, **metrics}
     return Trial(name=tags.get("trial_name", run.info.run_name), category=params.get("category", "?"),
                  group=params.get("group", tags.get("group", "?")), seed=int(params.get("seed", 0)),
-                 status=run.info.status, params=params, values=values)
+                 status=run.info.status, params=params, values=values, run_id=run.info.run_id)
 
 
 def _ordered_groups(planned: list[Planned]) -> list[str]:

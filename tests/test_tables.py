@@ -54,7 +54,7 @@ def ablation_children():
                                  "params": {"category": category, "group": f"row {row}", "seed": seed,
                                             "paper_row": row, **switches[row]},
                                  "metrics": {"image_AUROC": auroc, "pixel_AUROC": 0.9, "image_AP": 0.8,
-                                             "pixel_AP": 0.3, "final": 1}})
+                                             "pixel_AP": 0.3, "final": 1, "loss/total": 1.0 - auroc}})
     return children
 
 
@@ -65,7 +65,8 @@ def by_name(built):
 def test_ablation_tables_layout_and_values(store, tmp_path):
     parent = make_sweep(store, "ablation", ablation_children())
     built = by_name(tables.build_and_log(store, parent, out_dir=tmp_path / "out"))
-    expected = {"ablation_summary"} | {f"ablation_{m}{s}" for m in tables.DETECTOR_METRICS for s in ("", "_pm")}
+    expected = {"ablation_summary", "comparisons"} | {f"ablation_{m}{s}" for m in tables.DETECTOR_METRICS
+                                                      for s in ("", "_pm")}
     assert set(built) == expected
 
     auroc = built["ablation_image_AUROC"].frame
@@ -97,6 +98,20 @@ def test_ablation_tables_layout_and_values(store, tmp_path):
     assert "not comparable" in built["ablation_summary"].markdown()
     assert (tmp_path / "out" / "ablation_summary.md").read_text().startswith("### Ablation summary")
     assert (tmp_path / "out" / "ablation_image_AUROC.csv").read_text().splitlines()[0] == "category,row 2,row 7"
+
+    # statistics: row 2 is 5 pp below row 7 on each of the 4 (category, seed) pairs; 4 pairs are too
+    # few for a Wilcoxon test to reach 0.05, so the difference is marked not significant
+    assert summary.loc["2", "Δ image AUROC vs row 7"] == "-5.00 n.s." and row7["Δ image AUROC vs row 7"] == "(reference)"
+    comparisons = built["comparisons"].frame
+    auroc_rows = comparisons[comparisons["metric"] == "image_AUROC"]
+    assert list(auroc_rows["vs"]) == ["row 7"] and auroc_rows.iloc[0]["n pairs"] == 4
+    assert auroc_rows.iloc[0]["mean diff (pp)"].startswith("-5.00") and auroc_rows.iloc[0]["significant"] == ""
+    # the plots beside the tables and on the parent run
+    drawn = sorted(p.name for p in (tmp_path / "out" / "plots").iterdir())
+    assert drawn == ["ablation_bars.png", "curves_loss.png", "heatmap_image_AUROC.png"]
+    client = tracking.client(store)
+    logged = {f.path.rsplit("/", 1)[-1] for f in client.list_artifacts(parent, "tables/v1/plots")}
+    assert logged == set(drawn)
 
 
 def test_tables_are_versioned_never_appended(store):
