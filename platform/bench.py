@@ -5,12 +5,17 @@ Runs the real trainers in this process on one embedded category for a short wall
 each (the detector, DFMGAN stage 1, stage 2 from that stage 1, and the classification
 protocol's ResNet-34), with `--threads` torch threads (1 is what a 1-CPU Ray trial gets), and
 prints a line per kind of step, then the figures as one JSON line, the last line of stdout.
+With `--draem-src DIR` (a checkout of DRAEM's official code, imported from there, never copied
+into this repo) it also times one detector step with df and lk off on our R and D and on
+DRAEM's `model_unet.py` networks, side by side (`detector_vs_draem`).
 Not a test: it asserts nothing, it measures this machine.
 """
 
 import argparse
 import dataclasses
+import importlib.util
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -21,14 +26,19 @@ import torch
 
 from platform.cli import run_main
 from trainables.checkpoint import save_checkpoint
+from trainables.config import parse_overrides
 from trainables.data import EMBEDDED_CATEGORIES
-from trainables.detector.train import make_config as detector_config, train_detector
+from trainables.detector.model import draem_init
+from trainables.detector.train import (_train_step, build_loss, build_networks, make_config as detector_config,
+                                       train_detector)
 from trainables.device import pick_device
+from trainables.errors import UserInputError
 from trainables.gan import make_config as gan_config, train_gan_stage1, train_gan_stage2
 from trainables.gan.classify import train_and_test
 
 NEVER = 10 ** 9   # a step or tick count no benchmark reaches: the minute budget ends each run
 KINDS = ("detector", "gan_stage1", "gan_stage2", "classifier")   # the step kinds of platform/cost.py
+VS_DRAEM = "detector_vs_draem"   # needs --draem-src; not a cost-model kind
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,7 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--seconds", type=float, default=30, help="training time per trainer (default: %(default)s)")
     parser.add_argument("--category", default="bolt", help="embedded category (default: %(default)s)")
-    parser.add_argument("--only", nargs="+", choices=KINDS, help="time only these kinds of step")
+    parser.add_argument("--only", nargs="+", choices=KINDS + (VS_DRAEM,), help="time only these kinds of step")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one detector config field (e.g. r_base=32); repeatable")
+    parser.add_argument("--draem-src", type=Path, metavar="DIR",
+                        help=f"a checkout of github.com/VitjanZ/DRAEM: also time {VS_DRAEM} with its model_unet.py")
     return parser
 
 
@@ -49,11 +63,17 @@ def main(argv=None) -> int:
     device = str(pick_device(args.device))
     minutes = args.seconds / 60
     common = {"category": args.category, "device": device}
-    kinds = set(args.only or KINDS)
-    figures = {}
+    detector_extra = parse_overrides(args.set)
+    kinds = set(args.only or KINDS + ((VS_DRAEM,) if args.draem_src else ()))
+    if VS_DRAEM in kinds and args.draem_src is None:
+        raise UserInputError(f"--only {VS_DRAEM}: needs --draem-src DIR (a checkout of github.com/VitjanZ/DRAEM)")
+    figures, comparison = {}, None
+    if VS_DRAEM in kinds:
+        cfg = detector_config(args.preset, {**common, **detector_extra, "df": False, "lk": False})
+        comparison = _draem_comparison(cfg, _load_draem(args.draem_src), args.seconds, device)
     with tempfile.TemporaryDirectory(prefix="bench-") as folder:
         if "detector" in kinds:
-            cfg = detector_config(args.preset, {**common, "epochs": NEVER, "minutes": minutes,
+            cfg = detector_config(args.preset, {**common, **detector_extra, "epochs": NEVER, "minutes": minutes,
                                                 "report_every": NEVER, "checkpoint_every": 0, "n_pictures": 0})
             figures["detector"] = _per_step(train_detector(cfg, _quiet), "step")
         stage1 = Path(folder) / "stage1"
@@ -75,7 +95,15 @@ def main(argv=None) -> int:
     threads = torch.get_num_threads()
     for kind, seconds in figures.items():
         print(f"{kind:<11} {args.preset} on {device}, {threads} thread(s): {seconds:.4f} s/step", file=sys.stderr)
-    print(json.dumps({"preset": args.preset, "device": device, "threads": threads, "s_per_step": figures}))
+    out = {"preset": args.preset, "device": device, "threads": threads, "s_per_step": figures}
+    if comparison is not None:
+        c = comparison
+        print(f"{VS_DRAEM} {c['img_size']} px, batch {c['batch_size']}, widths {c['r_base']}/{c['d_base']}, "
+              f"{threads} thread(s) on {device}: ours {c['ours']['s_per_step']:.4f} s/step "
+              f"(R, D {c['ours']['params']}), DRAEM {c['draem']['s_per_step']:.4f} s/step "
+              f"(R, D {c['draem']['params']}), {c['steps']} steps each", file=sys.stderr)
+        out[VS_DRAEM] = comparison
+    print(json.dumps(out))
     return 0
 
 
@@ -92,6 +120,56 @@ def _keep_final(folder: Path):
 
 def _per_step(metrics: dict, counter: str) -> float:
     return round(metrics["train_seconds"] / max(metrics[counter], 1), 4)
+
+
+def _load_draem(src: Path):
+    """DRAEM's official model_unet.py, imported from the user's checkout."""
+    path = src / "model_unet.py"
+    if not path.is_file():
+        raise UserInputError(f"--draem-src {src}: no model_unet.py there; expected a checkout of "
+                             "github.com/VitjanZ/DRAEM")
+    spec = importlib.util.spec_from_file_location("draem_model_unet", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _draem_comparison(cfg, unet, seconds: float, device: str) -> dict:
+    """One detector step (df, lk off: L2 + SSIM + focal, Adam) with our R and D and with DRAEM's
+    networks at the same widths, on one random batch; the two alternate step by step until
+    `seconds` are spent, first one then the other first, so both see the same machine load.
+    Medians per step."""
+    torch.manual_seed(cfg.seed)
+    ours = build_networks(cfg)
+    pairs = {"ours": (ours["R"], ours["D"]),
+             "draem": (unet.ReconstructiveSubNetwork(in_channels=3, out_channels=3, base_width=cfg.r_base),
+                       unet.DiscriminativeSubNetwork(in_channels=6, out_channels=2, base_channels=cfg.d_base))}
+    for net in pairs["draem"]:
+        net.apply(draem_init)   # what DRAEM's train_DRAEM.py applies
+    rng = np.random.default_rng(cfg.seed)
+    N, S = cfg.batch_size, cfg.img_size
+    batch = {"I": rng.random((N, 3, S, S), dtype=np.float32), "I_a": rng.random((N, 3, S, S), dtype=np.float32),
+             "M": (rng.random((N, 1, S, S)) > 0.9).astype(np.float32)}
+    loss_fn = build_loss(cfg)
+    steps, times = {}, {name: [] for name in pairs}
+    for name, (R, D) in pairs.items():
+        R.to(device), D.to(device)
+        optimizer = torch.optim.Adam([p for net in (R, D) for p in net.parameters()], lr=cfg.lr)
+        steps[name] = lambda R=R, D=D, optimizer=optimizer: _train_step(cfg, batch, R, D, None, loss_fn, optimizer,
+                                                                         torch.device(device))
+        steps[name]()   # warm-up: allocator, kernels
+    began, order = time.perf_counter(), list(steps)
+    while time.perf_counter() - began < seconds or len(times["ours"]) < 3:
+        order.reverse()
+        for name in order:
+            step = steps[name]
+            start = time.perf_counter()
+            step()      # ends with float(loss): synchronises a GPU
+            times[name].append(time.perf_counter() - start)
+    return {"img_size": S, "batch_size": N, "r_base": cfg.r_base, "d_base": cfg.d_base, "steps": len(times["ours"]),
+            **{name: {"s_per_step": round(statistics.median(times[name]), 4),
+                      "params": [sum(p.numel() for p in net.parameters()) for net in pairs[name]]}
+               for name in pairs}}
 
 
 def _classifier_step(cfg, seconds: float, device: str) -> float:

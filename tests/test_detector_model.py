@@ -61,6 +61,28 @@ def test_module_tree_names_the_paper_blocks():
     assert [f.shape[1] for f in R.encoder(torch.rand(1, 3, 32, 32))] == [4, 8, 16, 32, 32]
 
 
+def count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_baselines_have_draem_parameter_counts():
+    """At paper widths R and D (lk off) are DRAEM's model_unet.py networks, parameter for parameter."""
+    with torch.device("meta"):  # shapes only: no memory, no init cost
+        assert count(ReconstructionNet(base=128)) == 69_048_579
+        assert count(DefectPredictor(base=64, lk_kernels=None)) == 28_374_146
+
+
+def test_large_kernel_predictor_is_draem_d_plus_the_units():
+    with torch.device("meta"):
+        plain = DefectPredictor(base=64, lk_kernels=None)
+        large = DefectPredictor(base=64, lk_kernels=(31, 29, 27, 13))
+    units = [m for n, m in large.named_children() if n.endswith("_lk")]
+    assert len(units) == 4
+    assert count(large) - count(plain) == sum(count(u) for u in units) > 0
+    outside_units = {n: p.shape for n, p in large.named_parameters() if "_lk." not in n}
+    assert outside_units == {n: p.shape for n, p in plain.named_parameters()}
+
+
 def test_losses_are_zero_for_a_perfect_prediction():
     I = torch.rand(2, 3, 32, 32)
     assert ssim(I, I) == pytest.approx(1.0, abs=1e-6)

@@ -53,6 +53,56 @@ def test_shapes_and_ws_counts(resolution):
         D(mask)
 
 
+def styled_layers_in_order(synthesis) -> list[tuple[str, int]]:
+    """The backbone's styled layers in execution order, each with the W+ index StyleGAN2 gives it:
+    one index per conv; a ToRGB reads the index after its block's convs (also the next conv0's)."""
+    layers, i = [], 0
+    for r in synthesis.resolutions:
+        convs = ["conv1"] if r == 4 else ["conv0", "conv1"]
+        for conv in convs:
+            layers.append((f"b{r}.{conv}", i))
+            i += 1
+        layers.append((f"b{r}.head", i))
+    assert i + 1 == synthesis.num_ws
+    return layers
+
+
+def test_every_w_plus_entry_reaches_the_image():
+    """Each backbone W+ entry gets a gradient (also what path length and style mixing rely on);
+    on W_defect+ entries 0..5 do and entry 6 is never read (DFMGAN's bookkeeping)."""
+    torch.manual_seed(0)
+    G = Generator(32, 32, 32, channel_base=256, channel_max=32, res_st=8, mask_threshold=float("-inf"))
+    ws = torch.randn(2, G.synthesis.num_ws, 32, requires_grad=True)
+    ws_defect = torch.randn(2, G.synthesis.num_defect_ws, 32, requires_grad=True)
+    img, _ = G.synthesis(ws, ws_defect, noise_mode="const")    # gate open everywhere
+    (img * torch.randn_like(img)).sum().backward()
+    assert bool((ws.grad.abs().amax((0, 2)) > 0).all()), ws.grad.abs().amax((0, 2))
+    per_defect_entry = ws_defect.grad.abs().amax((0, 2))
+    assert bool((per_defect_entry[:6] > 0).all()) and float(per_defect_entry[6]) == 0
+
+
+def test_style_mixing_at_each_crossover_changes_only_the_layers_from_it_on():
+    torch.manual_seed(0)
+    G = Generator(32, 32, 32, channel_base=256, channel_max=32)
+    s = G.synthesis
+    layers = styled_layers_in_order(s)
+    outputs = []
+    for name, _ in layers:
+        s.get_submodule(name).register_forward_hook(lambda module, args, out: outputs.append(out))
+    ws_a, ws_b = G.mapping(torch.randn(2, 32)), G.mapping(torch.randn(2, 32))
+    with torch.no_grad():
+        s(ws_a, noise_mode="const")
+        reference = outputs[:]
+        for k in range(1, s.num_ws):                            # 7 crossover points at 32 px (13 at 256)
+            outputs.clear()
+            s(torch.cat([ws_a[:, :k], ws_b[:, k:]], 1), noise_mode="const")
+            for (name, index), out, ref in zip(layers, outputs, reference):
+                if index < k:
+                    assert torch.equal(out, ref), f"cutoff {k}: {name} (w {index}) changed"
+                elif index == k:
+                    assert not torch.allclose(out, ref), f"cutoff {k}: {name} (w {index}) unchanged"
+
+
 def test_upsampling_conv_is_transposed_conv_then_fir_blur():
     """The fused 6×6 transposed conv = zero insertion, FIR blur (gain 4), 3×3 conv, away from the border."""
     torch.manual_seed(0)

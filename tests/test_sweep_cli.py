@@ -133,3 +133,36 @@ def test_bench_times_a_step_of_every_trainer_the_cost_model_knows():
     figures = json.loads(result.stdout.strip().splitlines()[-1])
     assert figures["preset"] == "tiny" and figures["threads"] == 1
     assert set(figures["s_per_step"]) == set(STEP_SECONDS) and all(v > 0 for v in figures["s_per_step"].values())
+
+
+DRAEM_STAND_IN = '''"""Stand-in for DRAEM's model_unet.py (not in this repo): its class names and keywords."""
+from trainables.detector.model import DefectPredictor, ReconstructionNet
+
+
+class ReconstructiveSubNetwork(ReconstructionNet):
+    def __init__(self, in_channels=3, out_channels=3, base_width=128):
+        super().__init__(base_width)
+
+
+class DiscriminativeSubNetwork(DefectPredictor):
+    def __init__(self, in_channels=3, out_channels=3, base_channels=64):
+        super().__init__(base_channels, lk_kernels=None)
+'''
+
+
+def test_bench_times_our_detector_step_beside_draems_networks(tmp_path, capsys):
+    from platform import bench
+    from trainables.errors import UserInputError
+
+    (tmp_path / "model_unet.py").write_text(DRAEM_STAND_IN)
+    assert bench.main(["--preset", "tiny", "--seconds", "0.5", "--only", "detector_vs_draem",
+                       "--draem-src", str(tmp_path), "--set", "r_base=8"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    c = out["detector_vs_draem"]
+    assert out["s_per_step"] == {} and (c["img_size"], c["r_base"], c["d_base"]) == (32, 8, 4)
+    assert c["ours"]["params"] == c["draem"]["params"] and c["steps"] >= 3
+    assert c["ours"]["s_per_step"] > 0 and c["draem"]["s_per_step"] > 0
+    with pytest.raises(UserInputError, match="no model_unet.py"):
+        bench.main(["--only", "detector_vs_draem", "--draem-src", str(tmp_path / "missing")])
+    with pytest.raises(UserInputError, match="needs --draem-src"):
+        bench.main(["--only", "detector_vs_draem"])

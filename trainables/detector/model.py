@@ -37,10 +37,14 @@ def conv_bn_relu(c_in: int, c_out: int) -> list[nn.Module]:
 
 
 class ConvBlock(nn.Sequential):
-    """DRAEM's block: two 3×3 conv-BN-ReLU layers."""
+    """DRAEM's block: two 3×3 conv-BN-ReLU layers, c_in → c_mid → c_out."""
 
-    def __init__(self, c_in: int, c_out: int):
-        super().__init__(*conv_bn_relu(c_in, c_out), *conv_bn_relu(c_out, c_out))
+    def __init__(self,
+                 c_in: int,
+                 c_out: int,
+                 c_mid: int | None = None):  # width between the convs; None = c_out
+        c_mid = c_out if c_mid is None else c_mid
+        super().__init__(*conv_bn_relu(c_in, c_mid), *conv_bn_relu(c_mid, c_out))
 
 
 class UpBlock(nn.Sequential):
@@ -94,8 +98,10 @@ class ReconstructiveDecoder(nn.Module):
         super().__init__()
         widths = (base * 8, base * 4, base * 2, base, base)  # bottleneck, db1..db4
         for stage in range(1, 5):
-            self.add_module(f"up{stage}", UpBlock(widths[stage - 1], widths[stage - 1]))
-            self.add_module(f"db{stage}", ConvBlock(widths[stage - 1], widths[stage]))
+            c_in = widths[stage - 1]
+            # DRAEM's db blocks narrow in their second conv, not their first
+            self.add_module(f"up{stage}", UpBlock(c_in, c_in))
+            self.add_module(f"db{stage}", ConvBlock(c_in, widths[stage], c_mid=c_in))
         self.out = nn.Conv2d(base, out_channels, 3, padding=1)  # no activation, as in DRAEM
 
     def forward(self, bottleneck: torch.Tensor) -> torch.Tensor:
@@ -302,13 +308,16 @@ class DefectPredictor(nn.Module):
         self.pool = nn.MaxPool2d(2)
         for stage, kernel in zip(self.lk_stages, lk_kernels or ()):
             self.add_module(f"e{stage}_lk", LargeKernelUnit(widths[stage - 1], kernel, lk_small_kernel))
-        # decoder stage s upsamples, concatenates the skip of e_{6-s}, then two convs
+        # Decoder stage s upsamples to the width of the level below its skip e_{6-s} (64 at the
+        # top), concatenates that skip, then two convs: DRAEM's widths, e.g. up1 512→512 and
+        # db1 (512+512)→512, up2 512→256 and db2 (256+512)→256.
         c_in = widths[-1]
         for stage in range(1, len(widths)):
             skip = widths[-1 - stage]
-            self.add_module(f"up{stage}", UpBlock(c_in, skip))
-            self.add_module(f"db{stage}", ConvBlock(2 * skip, skip))
-            c_in = skip
+            width = widths[max(len(widths) - 2 - stage, 0)]
+            self.add_module(f"up{stage}", UpBlock(c_in, width))
+            self.add_module(f"db{stage}", ConvBlock(width + skip, width))
+            c_in = width
         self.out = nn.Conv2d(widths[0], 2, 3, padding=1)
         for name, module in self.named_children():
             if not name.endswith("_lk"):  # LKUs keep PyTorch's default init (spec §4.6)

@@ -73,6 +73,11 @@ def build_networks(cfg: DetectorConfig, vgg_state: dict | None = None) -> nn.Mod
     return nets
 
 
+def build_loss(cfg: DetectorConfig) -> DetectorLoss:
+    return DetectorLoss(cfg.w_l2, cfg.w_ssim, cfg.w_df, cfg.w_focal, cfg.ssim_window, cfg.focal_gamma,
+                        cfg.df_normalize)
+
+
 def load_vgg_state(cfg: DetectorConfig) -> dict | None:
     """VGG19 `features` weights for df_source=vgg19; WeightsUnavailable (a UserInputError) if absent."""
     if not (cfg.df and cfg.df_source == "vgg19"):
@@ -121,8 +126,7 @@ def train_detector(cfg: DetectorConfig, report: Report) -> dict:
     R, D, F = nets["R"], nets["D"], nets["F"] if cfg.df else None
     trained = [R, D] + ([F] if F is not None and cfg.df_update == "grad" else [])
     optimizer = torch.optim.Adam([p for net in trained for p in net.parameters()], lr=cfg.lr)
-    loss_fn = DetectorLoss(cfg.w_l2, cfg.w_ssim, cfg.w_df, cfg.w_focal, cfg.ssim_window, cfg.focal_gamma,
-                           cfg.df_normalize)
+    loss_fn = build_loss(cfg)
 
     step, train_seconds = 0, 0.0
     if cfg.resume:

@@ -73,11 +73,12 @@ class SynthesisBlock(nn.Module):
 
     def features(self, x: torch.Tensor | None, ws: torch.Tensor, noise_mode: str) -> torch.Tensor:
         """Block features from the previous block's x and this block's conv styles ws [N, num_conv, w_dim]."""
+        check_shape("block ws", ws, (None, self.num_conv, None))
         if self.num_conv == 1:
             x = self.const[None].repeat(ws.shape[0], 1, 1, 1)
         else:
             x = self.conv0(x, ws[:, 0], noise_mode)
-        return self.conv1(x, ws[:, -1], noise_mode)
+        return self.conv1(x, ws[:, self.num_conv - 1], noise_mode)
 
 
 class SynthesisNetwork(nn.Module):
@@ -103,6 +104,8 @@ class SynthesisNetwork(nn.Module):
         assert res_st is None or res_st in self.resolutions[1:], f"res_st={res_st} not in {self.resolutions[1:]}"
         for r in self.res_resolutions:
             setattr(self, f"res_b{r}", SynthesisBlock(ch[r // 2], ch[r], w_dim, r, 1 if r == res_st else None))
+        # StyleGAN2's count: one w per conv plus one for the last ToRGB (14 at 256); each block's
+        # ToRGB reads the index after its convs, which the next block's conv0 also reads
         self.num_ws = sum(getattr(self, f"b{r}").num_conv for r in self.resolutions) + 1
         # reference bookkeeping: 2 convs per residual block + the ToMask slot; the last one is unused
         self.num_defect_ws = 2 * len(self.res_resolutions) + 1 if self.res_resolutions else 0
@@ -118,22 +121,23 @@ class SynthesisNetwork(nn.Module):
         w_idx = d_idx = 0
         for r in self.resolutions:
             block = getattr(self, f"b{r}")
-            w = ws[:, w_idx:w_idx + block.num_conv + 1]                 # convs + the head's style
+            w = ws[:, w_idx:w_idx + block.num_conv]                     # the convs' styles
+            w_head = ws[:, w_idx + block.num_conv]                       # ToRGB: the next index
             if ws_defect is not None and r >= self.res_st:
                 res_block = getattr(self, f"res_b{r}")
-                wd = ws_defect[:, d_idx:d_idx + 3]
-                R = res_block.features(x, wd[:, :2], noise_mode)         # [N, C, r, r]
+                wd = ws_defect[:, d_idx:d_idx + res_block.num_conv]      # the same bookkeeping on W_defect+
+                R = res_block.features(x, wd, noise_mode)                # [N, C, r, r]
                 if r == self.res_st:
-                    mask = res_block.head(R, wd[:, 2])                   # raw mask [N, 1, r, r]
+                    mask = res_block.head(R, ws_defect[:, d_idx + res_block.num_conv])  # raw mask [N, 1, r, r]
                 else:
                     mask = upsample2d(mask, self.fir)                    # interior = bilinear ×2
                 S = block.features(x, w, noise_mode)
                 # hard gate (paper §3.2): no gradient reaches the mask through the image
                 x = S + R * (mask >= self.mask_threshold).to(R.dtype)
-                d_idx += 2
+                d_idx += res_block.num_conv
             else:
                 x = block.features(x, w, noise_mode)
-            y = block.head(x, w[:, block.num_conv])
+            y = block.head(x, w_head)
             img = y if img is None else upsample2d(img, self.fir) + y    # skip architecture
             w_idx += block.num_conv
         return img, mask                                                 # [N, 3, R, R], [N, 1, R, R] | None
