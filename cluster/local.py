@@ -130,7 +130,9 @@ def ray_start(args: list[str], env: dict, log: Path) -> int:
 
 def base_env() -> dict:
     """Environment of every node, inherited by job drivers and workers."""
-    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_USAGE_STATS_ENABLED="0")
+    # RAY_JOB_STOP_WAIT_TIME_S: `ray job stop` sends SIGTERM and, by default, SIGKILL 3 s later;
+    # a sweep needs longer to end its trials and mark its runs KILLED (docs/platform.md §5)
+    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_USAGE_STATS_ENABLED="0", RAY_JOB_STOP_WAIT_TIME_S="60")
     env.pop("RAY_ADDRESS", None)   # a stale address would make `ray start --head` join it
     # A job's entrypoint `python -m platform.sweep ...` must find this interpreter (the
     # project's venv), not whichever `python` comes first on the caller's PATH.

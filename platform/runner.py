@@ -11,6 +11,8 @@ summary is the CLI's to print (platform/sweep.py).
 
 import dataclasses
 import os
+import signal
+import sys
 import time
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from platform import cost, storage
 from platform.resources import Resources, fmt, size_for_cluster
 from search_spaces.base import SweepPlan, TrialSpec, dataset_info
 from trainables.errors import UserInputError
+from trainables.ray_adapter import USER_ERROR
 
 # config fields the tables lay out (ablation switches, DFMGAN's defect and λ, the partition)
 SWITCHES = ("anomaly_source", "df", "lk", "df_update", "dtd_root", "defect", "lambda_ms", "partition")
@@ -32,6 +35,8 @@ class Sweep:
     storage: str
     tracking_uri: str
     experiment: str
+    retries: int = 3            # Tune relaunches a crashed or preempted trial this often
+    tracking_outage_s: float = 600.0   # how long MLflow may be unreachable before the sweep fails
 
     def record(self) -> dict:
         """What `--resume` and `report` read back: the options, resources and where things are."""
@@ -69,47 +74,107 @@ class Outcome:
     failed: int                 # failed or skipped
     wall_s: float
     timing: dict                # overhead figures (overhead_summary)
+    interrupted: int | None = None   # the signal that stopped the sweep
+    unfinished: list = dataclasses.field(default_factory=list)   # planned trials not finished
+
+
+class Signals:
+    """SIGINT and SIGTERM (Ctrl-C, `kill`, `ray job stop`) stop a sweep cleanly: the first one
+    asks Tune to end its loop (Tune's own SIGUSR1 handler; its SIGINT handler is turned off, since
+    it would count the interruption as the end of the sweep), a second one stops at once. Either
+    way the runner ends every open run KILLED and returns which trials are unfinished."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self.in_fit = False
+        self._previous = {}
+
+    def __enter__(self):
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum, frame):
+        if self.signum is None:
+            self.signum = signum
+            print(f"\n{signal.Signals(signum).name}: stopping the sweep (trials keep their last checkpoint); "
+                  f"send it again to stop at once", flush=True)
+            if self.in_fit:
+                os.kill(os.getpid(), signal.SIGUSR1)  # Tune ends its loop and saves its state
+                return
+        raise KeyboardInterrupt
 
 
 def run(sweep: Sweep) -> Outcome:
     import ray
 
     from platform import tables, tracking, tuner
+    from platform.writer import Writer
     from trainables.data import resolve_data
 
     for where in storage.in_job_dir(sweep.storage, sweep.tracking_uri):
         print(f"warning: {where} is inside this job's temporary working dir; pass --storage / --tracking-uri "
               f"(or MLFLOW_TRACKING_URI) to keep results")
     resolve_data(sweep.plan.data)  # generate the embedded set once here, not in N trials at once
-    started_ray, where = tuner.connect_ray()
-    print(where)
-    try:
-        on_cluster = bool(os.environ.get("RAY_ADDRESS")) or not started_ray
-        sizing = size_for_cluster(sweep.resources, ray.cluster_resources(), on_cluster)
-        for note in sizing.notes:
-            print(f"note: {note}")
-        print(f"concurrency: {sizing.concurrent} trials at once ({fmt(sizing.resources.need())} each; "
-              f"cluster {fmt(ray.cluster_resources())})")
-        if sweep.plan.data != "embedded":
-            check_data_on_nodes(sweep.plan.data, [t.category for t in sweep.plan.trials])
-        storage.write_record(sweep.storage, sweep.sweep_id, sweep.record())
-        tracking.experiment_id(sweep.tracking_uri, sweep.experiment)  # create the store once, before trials
-        parent = tracking.open_parent(sweep.tracking_uri, sweep.experiment, sweep.sweep_id, _parent_params(sweep),
-                                      sweep.record(), sweep.planned())
-        print(f"MLflow parent run {parent} in {sweep.tracking_uri} (experiment {sweep.experiment})")
-        began = time.monotonic()
-        failed, slot_seconds = _run_phases(sweep, sizing.resources, sizing.concurrent, parent)
-        wall = time.monotonic() - began
+    signals = Signals()
+    with signals:
+        started_ray, where = tuner.connect_ray()
+        print(where)
+        parent, writer = None, None
+        try:
+            on_cluster = bool(os.environ.get("RAY_ADDRESS")) or not started_ray
+            sizing = size_for_cluster(sweep.resources, ray.cluster_resources(), on_cluster)
+            for note in sizing.notes:
+                print(f"note: {note}")
+            print(f"concurrency: {sizing.concurrent} trials at once ({fmt(sizing.resources.need())} each; "
+                  f"cluster {fmt(ray.cluster_resources())})")
+            if sweep.plan.data != "embedded":
+                check_data_on_nodes(sweep.plan.data, [t.category for t in sweep.plan.trials])
+            storage.write_record(sweep.storage, sweep.sweep_id, sweep.record())
+            tracking.experiment_id(sweep.tracking_uri, sweep.experiment)  # create the store once, before trials
+            parent = tracking.open_parent(sweep.tracking_uri, sweep.experiment, sweep.sweep_id,
+                                          _parent_params(sweep), sweep.record(), sweep.planned())
+            print(f"MLflow parent run {parent} in {sweep.tracking_uri} (experiment {sweep.experiment})")
+            writer = Writer(sweep.tracking_uri, sweep.tracking_outage_s)
+            began = time.monotonic()
+            failed, slot_seconds = _run_phases(sweep, sizing.resources, sizing.concurrent, parent, writer, signals)
+            wall = time.monotonic() - began
+        except KeyboardInterrupt:
+            signals.signum = signals.signum or signal.SIGINT
+            wall = time.monotonic() - began if parent else 0.0
+            failed, slot_seconds = 0, 0.0
+        except tracking.TrackingOutage as outage:
+            raise SweepFailed(f"{outage}; the trials' checkpoints are in {sweep.storage}; rerun the same "
+                              f"command when the store is back") from None
+        finally:
+            if writer is not None and not writer.flush(timeout=sweep.tracking_outage_s + 30):
+                print(f"error: {writer.failed or 'MLflow writes did not finish'}", file=sys.stderr)
+            if started_ray:
+                ray.shutdown()
+        done = storage.read_done(storage.join(sweep.storage, sweep.sweep_id))
+        unfinished = [t.name for t in sweep.plan.trials if t.name not in done]
+        if signals.signum is not None:
+            if parent is not None:
+                tracking.end_running_children(sweep.tracking_uri, parent, "KILLED")
+                tracking.close_parent(sweep.tracking_uri, parent, "KILLED", {"sweep_wall_s": round(wall, 1)})
+            return Outcome(parent or "", [], len(done), 0, wall, {}, signals.signum, unfinished)
         local = storage.local_path(sweep.storage)
         built = tables.build_and_log(sweep.tracking_uri, parent,
                                      out_dir=Path(local) / sweep.sweep_id / "tables" if local else None)
         timing = overhead_summary(sweep.tracking_uri, parent, slot_seconds)
-        tracking.close_parent(sweep.tracking_uri, parent, failed,
+        tracking.end_running_children(sweep.tracking_uri, parent, "FAILED")  # none, unless a writer gave up
+        tracking.close_parent(sweep.tracking_uri, parent, "FAILED" if failed else "FINISHED",
                               {"sweep_wall_s": round(wall, 1), "failed_trials": failed, **timing})
-    finally:
-        if started_ray:
-            ray.shutdown()
-    return Outcome(parent, built, sweep.plan.n_runs - failed, failed, wall, timing)
+    return Outcome(parent, built, sweep.plan.n_runs - failed, failed, wall, timing, None, unfinished)
+
+
+class SweepFailed(RuntimeError):
+    """The sweep cannot go on (the tracking store stayed away); the message says what to do."""
 
 
 def check_data_on_nodes(data: str, categories: list[str]) -> None:
@@ -143,45 +208,59 @@ def _parent_params(sweep: Sweep) -> dict:
             "storage": sweep.storage}
 
 
-def _run_phases(sweep: Sweep, resources: Resources, concurrent: int, parent: str) -> tuple[int, float]:
-    """Run every phase; returns (failed or skipped trials, trial-slot seconds = slots x phase wall time)."""
+def _run_phases(sweep: Sweep, resources: Resources, concurrent: int, parent: str, writer, signals: Signals
+                ) -> tuple[int, float]:
+    """Run every phase; returns (failed or skipped trials, trial-slot seconds = slots x phase wall
+    time). A trial that finished in an earlier run of this sweep is not run again; one that did
+    not starts from its newest checkpoint. After an interruption no later phase starts."""
     from platform import tracking, tuner
 
     provenance = {"dataset": sweep.plan.dataset, **tracking.provenance()}
-    done_checkpoints: dict[str, str] = {}
-    failed, slot_seconds = 0, 0.0
     sweep_storage = storage.join(sweep.storage, sweep.sweep_id)
+    failed, slot_seconds = 0, 0.0
     for phase in sweep.plan.phases:
-        trials = [with_dependency(t, done_checkpoints) for t in phase.trials]
-        runnable = [t for t in trials if t is not None]
-        skipped = len(trials) - len(runnable)
+        done = storage.read_done(sweep_storage)
+        if phase.search is None:
+            before = len(phase.trials)
+            trials = [t for t in phase.trials if t.name not in done]
+            if len(trials) < before:
+                print(f"phase {phase.name}: {before - len(trials)} of {before} trials already finished")
+        else:
+            trials = list(phase.trials)
+        ready = [with_dependency(t, done) for t in trials]
+        runnable = [t for t in ready if t is not None]
+        skipped = len(ready) - len(runnable)
         if skipped:
-            print(f"phase {phase.name}: {skipped} trials skipped (the trial they start from failed)")
+            print(f"phase {phase.name}: {skipped} trials skipped (the trial they start from did not finish)")
             failed += skipped
         if not runnable:
             continue
+        resume = {t.name: storage.latest_checkpoint(sweep_storage, phase.name, t.name) for t in runnable}
         total = phase.search.num_samples if phase.search else len(runnable)
-        callback = tracking.MLflowTrialCallback(sweep.tracking_uri, parent, provenance, sweep.storage, total)
+        callback = tracking.MLflowTrialCallback(sweep.tracking_uri, parent, provenance, sweep.storage, total,
+                                                writer, sweep_storage)
         began = time.monotonic()
-        results = tuner.run_phase(sweep_storage, phase, runnable, resources, concurrent, callback)
+        signals.in_fit = True
+        try:
+            results = tuner.run_phase(sweep_storage, phase, runnable, resources, concurrent, callback, resume,
+                                      sweep.retries)
+        finally:
+            signals.in_fit = False
         slot_seconds += min(concurrent, len(results)) * (time.monotonic() - began)
+        if signals.signum is not None:
+            return failed, slot_seconds
         for result in results:
-            name = result.config["trial"]["name"]  # a grid trial's spec name (dependencies use it)
-            if result.error is not None:
+            if result.error is not None or USER_ERROR in (result.metrics or {}):
                 failed += 1
-                continue
-            path = storage.checkpoint_path(result, sweep.storage)
-            if path:
-                done_checkpoints[name] = path
     return failed, slot_seconds
 
 
-def with_dependency(trial: TrialSpec, checkpoints: dict[str, str]) -> TrialSpec | None:
+def with_dependency(trial: TrialSpec, checkpoints: dict[str, str | None]) -> TrialSpec | None:
     """The trial with its earlier trial's checkpoint filled into its config (None if that trial
-    failed). Only the pointer changes: the config was built and validated with the plan."""
+    did not finish). Only the pointer changes: the config was built and validated with the plan."""
     if trial.needs is None:
         return trial
-    if trial.needs not in checkpoints:
+    if not checkpoints.get(trial.needs):
         return None
     return dataclasses.replace(trial, cfg=dataclasses.replace(trial.cfg, **{trial.needs_key: checkpoints[trial.needs]}))
 

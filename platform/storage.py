@@ -74,13 +74,13 @@ def local_path(storage: str) -> str | None:
     return None if "://" in storage else storage
 
 
-def checkpoint_path(result, storage: str) -> str | None:
+def checkpoint_path(last_result: dict, checkpoint, storage: str) -> str | None:
     """Where a finished trial's last checkpoint is: a path, or a URI when storage is remote
-    (the Ray adapter copies such inputs to the trial's node)."""
-    if result.metrics and result.metrics.get("checkpoint_path"):
-        path = result.metrics["checkpoint_path"]  # nested Train run
-    elif result.checkpoint is not None:
-        path = result.checkpoint.path
+    (the Ray adapter copies such inputs to the trial's node). `checkpoint`: Tune's."""
+    if last_result.get("checkpoint_path"):
+        path = last_result["checkpoint_path"]  # nested Train run
+    elif checkpoint is not None:
+        path = checkpoint.path
     else:
         return None
     scheme = storage.split("://", 1)[0] if "://" in storage else None
@@ -93,3 +93,64 @@ def in_job_dir(*locations: str) -> list[str]:
     if "runtime_resources" not in str(REPO):
         return []
     return [where for where in locations if str(REPO) in where]
+
+
+# ---------------------------------------------------------------- what a sweep has finished
+
+def write_done(sweep_storage: str, name: str, checkpoint: str | None) -> None:
+    """Record that a trial finished, and where its last checkpoint is (its dependents start there)."""
+    write_text(join(sweep_storage, "done", f"{name}.json"), json.dumps({"name": name, "checkpoint": checkpoint}))
+
+
+def read_done(sweep_storage: str) -> dict[str, str | None]:
+    """{trial name: last checkpoint} of every finished trial of a sweep."""
+    done = {}
+    for path in _listing(join(sweep_storage, "done")):
+        if path.endswith(".json"):
+            record = json.loads(read_text(path))
+            done[record["name"]] = record["checkpoint"]
+    return done
+
+
+def latest_checkpoint(sweep_storage: str, phase: str, trial: str) -> str | None:
+    """The newest `checkpoint_*` folder a trial left in any attempt of its phase (Tune's own
+    checkpoints: a trial that ran in one Tuner resumes from it in the next), or None."""
+    found = []
+    for attempt in _listing(sweep_storage):
+        name = attempt.rstrip("/").rsplit("/", 1)[-1]
+        if name == phase or name.startswith(f"{phase}.attempt"):
+            for folder in _listing(join(attempt, trial)):
+                if folder.rsplit("/", 1)[-1].startswith("checkpoint_"):
+                    found.append(folder)
+    return max(found, key=_mtime, default=None)
+
+
+def next_attempt(sweep_storage: str, phase: str) -> str:
+    """The Tune experiment name for the next run of a phase: `<phase>`, then `<phase>.attempt2`, ..."""
+    names = {path.rstrip("/").rsplit("/", 1)[-1] for path in _listing(sweep_storage)}
+    if phase not in names:
+        return phase
+    k = 2
+    while f"{phase}.attempt{k}" in names:
+        k += 1
+    return f"{phase}.attempt{k}"
+
+
+def _listing(path: str) -> list[str]:
+    import pyarrow.fs
+
+    filesystem, fs_path = pyarrow.fs.FileSystem.from_uri(path)
+    try:
+        infos = filesystem.get_file_info(pyarrow.fs.FileSelector(fs_path, allow_not_found=True))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    prefix = path[:len(path) - len(fs_path)] if "://" in path else ""
+    return [prefix + info.path for info in infos]
+
+
+def _mtime(path: str) -> float:
+    import pyarrow.fs
+
+    filesystem, fs_path = pyarrow.fs.FileSystem.from_uri(path)
+    info = filesystem.get_file_info(fs_path)
+    return info.mtime.timestamp() if info.mtime else 0.0

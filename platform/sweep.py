@@ -16,6 +16,8 @@ continues the same sweep (Tuner.restore, same parent run) instead of starting a 
 
 import argparse
 import os
+import signal
+import sys
 from pathlib import Path
 
 import search_spaces
@@ -23,7 +25,7 @@ from platform import cost, storage
 from platform.cli import run_main
 from platform.resources import Resources
 from platform.runner import Sweep
-from search_spaces.base import dataset_info
+from search_spaces.base import check_world_size, dataset_info
 from trainables.config import parse_overrides
 from trainables.errors import UserInputError
 
@@ -51,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
         if kind == "hpo":
             sub.add_argument("--samples", type=int, default=8, help="Optuna trials per category")
             sub.add_argument("--row", type=int, default=7, help="Table 4 row used as the template (default: full)")
+    status_parser = kinds.add_parser("status", help="each trial's state, last metric and checkpoint age; works "
+                                                    "while the sweep runs and after it stopped")
+    status_parser.add_argument("sweep_id")
+    status_parser.add_argument("--storage", help=f"the sweep's storage (default: {storage.DEFAULT_STORAGE})")
+    status_parser.add_argument("--tracking-uri", help="MLflow store (default: the one the sweep recorded)")
     report_parser = kinds.add_parser("report", help="rebuild a sweep's tables from MLflow alone")
     report_parser.add_argument("sweep_id")
     report_parser.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite mlflow.db)")
@@ -72,6 +79,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="GPUs per trial; fractions pack several 1-worker trials on a GPU")
     parser.add_argument("--cpus-per-worker", type=float, default=1.0)
     parser.add_argument("--max-concurrent", type=int, help="trials at once (default: what the cluster fits)")
+    parser.add_argument("--retries", type=int, default=3,
+                        help="relaunches of a crashed, preempted or OOM-killed trial, from its last checkpoint "
+                             "(bad input fails at once); may change on --resume")
+    parser.add_argument("--tracking-outage-minutes", type=float, default=10.0,
+                        help="how long the MLflow store may be unreachable (writes are queued) before the sweep "
+                             "fails; may change on --resume")
     parser.add_argument("--driver-resource", metavar="NAME",
                         help="custom Ray resource the drivers of multi-worker trials ask for, to keep them on "
                              "on-demand nodes (cluster/ configs advertise 'trial_driver')")
@@ -80,7 +93,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite mlflow.db "
                                                "in the repo)")
     parser.add_argument("--experiment", default=None, help="MLflow experiment (default: defect-sweeps)")
-    parser.add_argument("--resume", metavar="SWEEP_ID", help="continue this sweep (its saved options win)")
+    parser.add_argument("--resume", metavar="SWEEP_ID", help="continue this sweep: only its unfinished trials run "
+                                                             "(its saved options win; --max-concurrent, --retries, "
+                                                             "--tracking-* may change)")
     parser.add_argument("--dry-run", action="store_true", help="print trials, resources and cost; start nothing")
 
 
@@ -88,24 +103,52 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.kind == "report":
         return report(args.sweep_id, args.tracking_uri, args.out)
+    if args.kind == "status":
+        from platform import status
+
+        print(status.status_text(args.sweep_id, args.storage or str(storage.DEFAULT_STORAGE), args.tracking_uri))
+        return 0
     sweep = sweep_from_args(args)
+    from platform import runner, tables, tracking
+
+    if not args.dry_run:
+        tracking.check_store(sweep.tracking_uri)  # before anything starts or prints
     describe(sweep, list_trials=args.dry_run)
     if args.dry_run:
         return 0
-    from platform import runner, tables
-
-    outcome = runner.run(sweep)
+    try:
+        outcome = runner.run(sweep)
+    except runner.SweepFailed as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    if outcome.interrupted is not None:
+        shown = ", ".join(outcome.unfinished[:8]) + (", ..." if len(outcome.unfinished) > 8 else "")
+        print(f"sweep {sweep.sweep_id}: interrupted ({signal.Signals(outcome.interrupted).name}); "
+              f"{len(outcome.unfinished)} of {sweep.plan.n_runs} trials unfinished: {shown}")
+        print(f"continue it with: {continue_command(sweep)}")
+        return 128 + outcome.interrupted
     print(tables.summary_text(outcome.tables))
     print(f"sweep {sweep.sweep_id}: {outcome.finished}/{sweep.plan.n_runs} trials finished in "
           f"{_duration(outcome.wall_s)}"
           + (f"; {outcome.failed} FAILED (rerun the same command to retry them)" if outcome.failed else ""))
     timing = outcome.timing
     if "overhead_s_mean" in timing:
+        amortized = timing.get("overhead_amortized_s")
         print(f"per-trial overhead: {timing['overhead_s_mean']:.1f} s inside a trial (its wall time minus the "
-              f"trainer's own {timing['trainer_s_mean']:.1f} s, mean); {timing['overhead_amortized_s']:.1f} s "
-              f"amortized (trial slots x phase wall time minus trainer time, per trial)")
+              f"trainer's own {timing['trainer_s_mean']:.1f} s, mean)"
+              + (f"; {amortized:.1f} s amortized (trial slots x phase wall time minus trainer time, per trial)"
+                 if amortized is not None else ""))
     print(open_ui_hint(sweep.tracking_uri))
+    if outcome.failed:
+        print(f"continue it with: {continue_command(sweep)}")
     return 1 if outcome.failed else 0
+
+
+def continue_command(sweep: Sweep) -> str:
+    """The command that runs a sweep's unfinished trials."""
+    return (f"python -m platform.sweep {sweep.plan.kind} --resume {sweep.sweep_id} --storage {sweep.storage}"
+            + (f" --tracking-uri {sweep.tracking_uri}" if sweep.tracking_uri != sweep.record()["tracking_uri"]
+               else ""))
 
 
 # ---------------------------------------------------------------- the sweep from the command line
@@ -116,6 +159,7 @@ def sweep_from_args(args) -> Sweep:
 
     if args.resume:
         record = _saved_record(args.storage or str(storage.DEFAULT_STORAGE), args.resume, args.tracking_uri)
+        _refuse_changes(args, record)
         kind, build_options = record["kind"], record["build"]
         resources = Resources(**record["resources"])
         if args.max_concurrent:
@@ -131,11 +175,32 @@ def sweep_from_args(args) -> Sweep:
         tracking_uri = args.tracking_uri or tracking.default_tracking_uri(storage.REPO)
         experiment = args.experiment or tracking.DEFAULT_EXPERIMENT
     plan = search_spaces.build(kind, **build_options)
+    check_world_size(plan, resources.workers)
     sweep_id = storage.make_sweep_id(plan, resources.workers)
     if args.resume and sweep_id != args.resume:
         raise UserInputError(f"--resume {args.resume}: its saved options now give sweep {sweep_id}; "
                              f"the search space changed since it ran")
-    return Sweep(plan, build_options, sweep_id, resources, sweep_storage, tracking_uri, experiment)
+    if args.retries < 0 or args.tracking_outage_minutes <= 0:
+        raise UserInputError("--retries and --tracking-outage-minutes: expected >= 0 and > 0")
+    return Sweep(plan, build_options, sweep_id, resources, sweep_storage, tracking_uri, experiment,
+                 retries=args.retries, tracking_outage_s=60 * args.tracking_outage_minutes)
+
+
+# flags a resumed sweep keeps from its record: they change the plan or where it lives
+FIXED_ON_RESUME = ("data", "categories", "preset", "seeds", "set", "grid", "rows", "defects", "lambdas", "partitions",
+                   "samples", "row", "workers_per_trial", "gpus_per_trial", "cpus_per_worker", "driver_resource",
+                   "experiment")
+
+
+def _refuse_changes(args, record: dict) -> None:
+    """--resume with a flag that would change the sweep: one line naming the flag."""
+    defaults = vars(build_parser().parse_args([args.kind, "--resume", "x"]))
+    for name in FIXED_ON_RESUME:
+        given = getattr(args, name, None)
+        if name in defaults and given != defaults[name]:
+            raise UserInputError(f"--{name.replace('_', '-')}: cannot change when resuming sweep {args.resume} "
+                                 f"(it changes the trials or where they run); drop it, or start a new sweep "
+                                 f"without --resume")
 
 
 def build_options_from(args) -> dict:

@@ -38,7 +38,11 @@ from typing import Any
 
 from ray.tune import Callback
 
+from platform import storage
 from platform.tuner import trial_name
+from trainables.errors import UserInputError
+from platform.writer import STEP_METRIC, RunRef, Writer
+from trainables.ray_adapter import USER_ERROR
 
 DEFAULT_EXPERIMENT = "defect-sweeps"
 TRIAL_NAME_TAG = "trial_name"
@@ -55,6 +59,38 @@ _NOT_METRICS = {"training_iteration", "time_total_s", "episodes_total", "timeste
 def default_tracking_uri(root: str | os.PathLike = ".") -> str:
     """$MLFLOW_TRACKING_URI, else a SQLite file `mlflow.db` in the repo."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
+
+
+def check_store(tracking_uri: str) -> None:
+    """UserInputError (one line) unless the MLflow store answers now: a malformed URI, a SQLite file
+    in a folder that does not exist, a server that is down. Checked before Ray starts."""
+    expected = "expected sqlite:///ABSOLUTE/PATH.db, a database URI, or http(s)://HOST:PORT of an MLflow server"
+    scheme = tracking_uri.split("://", 1)[0].split("+", 1)[0] if "://" in tracking_uri else ""
+    if scheme not in ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks"):
+        raise UserInputError(f"--tracking-uri {tracking_uri}: unknown scheme {scheme!r}; {expected}")
+    if scheme == "sqlite":
+        folder = Path(tracking_uri.removeprefix("sqlite:///")).parent
+        if not folder.is_dir():
+            raise UserInputError(f"--tracking-uri {tracking_uri}: the folder {folder} does not exist; {expected}")
+        return
+    if scheme in ("http", "https"):
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"{tracking_uri.rstrip('/')}/health", timeout=10) as response:
+                response.read()
+        except (urllib.error.URLError, OSError, ValueError) as error:
+            raise UserInputError(f"--tracking-uri {tracking_uri}: the MLflow server does not answer "
+                                 f"({getattr(error, 'reason', error)}); start it, or {expected}") from None
+        return
+    try:
+        from mlflow.tracking._tracking_service.utils import _get_store
+
+        _get_store(tracking_uri)
+    except Exception as error:  # MLflow's message for an unknown scheme or a bad database URI
+        raise UserInputError(f"--tracking-uri {tracking_uri}: {str(error).strip().splitlines()[0][:200]}; "
+                             f"{expected}") from None
 
 
 def client(tracking_uri: str):
@@ -111,11 +147,11 @@ def parent_record(tracking_uri: str, sweep_id: str) -> dict | None:
     return json.loads(Path(client(tracking_uri).download_artifacts(parent.info.run_id, "sweep.json")).read_text())
 
 
-def close_parent(tracking_uri: str, parent_run_id: str, failed: int, metrics: dict[str, float]) -> None:
+def close_parent(tracking_uri: str, parent_run_id: str, status: str, metrics: dict[str, float]) -> None:
     mlflow_client = client(tracking_uri)
     for key, value in metrics.items():
         mlflow_client.log_metric(parent_run_id, key, value)
-    mlflow_client.set_terminated(parent_run_id, status="FAILED" if failed else "FINISHED")
+    mlflow_client.set_terminated(parent_run_id, status=status)
 
 
 def children(tracking_uri: str, parent_run_id: str) -> list:
@@ -153,63 +189,72 @@ def git_sha() -> str:
     return (sha + ("-dirty" if dirty else "")) if sha else "unknown"
 
 
+class TrackingOutage(RuntimeError):
+    """The MLflow store stayed unreachable past the writer's bound; the message says what is unsaved."""
+
+
 class MLflowTrialCallback(Callback):
     """Child run per Tune trial under a sweep's parent run (see the module docstring).
 
-    Pickled with the Tuner (so a restored sweep logs to the same parent): holds plain values
-    only and opens its MLflow client lazily.
+    Every MLflow call goes through a background `Writer` (platform/writer.py): the hooks only
+    queue, so a slow or restarting store never stalls Tune nor raises into it, until the
+    writer gives up after its outage bound; then the next hook raises `TrackingOutage`.
+    Pickled with the Tuner of an HPO phase (restored on resume): the writer is not pickled, and
+    an unpickled callback takes the running sweep's settings (`LIVE`), so flags given again on
+    resume (the tracking URI) are the ones used.
     """
 
-    def __init__(self, tracking_uri: str, parent_run_id: str, base_params: dict, storage: str, total: int):
+    def __init__(self, tracking_uri: str, parent_run_id: str, base_params: dict, storage: str, total: int,
+                 writer: Writer, sweep_storage: str):
         self.tracking_uri = tracking_uri
         self.parent_run_id = parent_run_id
         self.base_params = base_params  # dataset, git sha, versions: the same for every child
         self.storage = storage
         self.total = total
-        self._client = None
-        self._runs: dict[str, str] = {}       # Tune trial id -> MLflow run id
-        self._started: dict[str, float] = {}  # Tune trial id -> monotonic start time
+        self.writer = writer
+        self.sweep_storage = sweep_storage  # where finished trials are recorded (platform/storage.py)
+        self._refs: dict[str, RunRef] = {}     # Tune trial id -> its child run
+        self._ended: set[str] = set()          # Tune trial ids whose run was ended
+        self._started: dict[str, float] = {}   # Tune trial id -> monotonic start time
         self._last_status = 0.0
+        LIVE[parent_run_id] = self
 
     def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_client"] = None
-        return state
+        return {"parent_run_id": self.parent_run_id}
 
-    @property
-    def client(self):
-        if self._client is None:
-            self._client = client(self.tracking_uri)
-        return self._client
+    def __setstate__(self, state):
+        live = LIVE.get(state["parent_run_id"])
+        assert live is not None, "restore a phase only after creating this sweep's callback"
+        self.__dict__.update(live.__dict__)
+
+    def unended(self) -> list[RunRef]:
+        return [ref for trial_id, ref in self._refs.items() if trial_id not in self._ended]
 
     # ------------------------------------------------------------ Tune hooks
 
     def on_trial_start(self, iteration, trials, trial, **info):
+        self._check()
         self._started[trial.trial_id] = time.monotonic()
-        self._run_of(trial)
+        self._ref(trial)
         print(f"[{self._finished(trials)}/{self.total}] {trial_name(trial)}: started", flush=True)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        from mlflow.entities import Metric
-
-        run_id = self._run_of(trial)
-        step = int(result.get("training_iteration", 0))
-        now = int(time.time() * 1000)
-        metrics, tags = [], {}
+        self._check()
+        ref = self._ref(trial)
+        metrics, tags = {}, {}
         for key, value in result.items():
             if key in _NOT_METRICS or isinstance(value, dict):
                 continue
             if isinstance(value, bool):
                 tags[key] = str(value)
             elif isinstance(value, numbers.Real):
-                if math.isinf(float(value)):
-                    continue  # the store rejects infinities; NaN is kept (it means "diverged")
-                metrics.append(Metric(key, float(value), now, step))
+                if not math.isinf(float(value)):  # the store rejects infinities; NaN means "diverged"
+                    metrics[key] = float(value)
             elif isinstance(value, str):
                 tags[key] = value[:5000]
-        self.client.log_batch(run_id, metrics=metrics)
-        for key, value in tags.items():
-            self.client.set_tag(run_id, key, value)
+        # the report's index over the trial's whole life (restarts included): a replay is dropped
+        step = int(result.get("report_index", result.get("training_iteration", 0)))
+        self.writer.log(ref, step, metrics, tags)
         if time.monotonic() - self._last_status > STATUS_EVERY_S:
             self._last_status = time.monotonic()
             running = [t for t in trials if t.status == "RUNNING"]
@@ -219,59 +264,66 @@ class MLflowTrialCallback(Callback):
                   f"{', ...' if len(running) > 4 else ''}", flush=True)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        run_id = self._run_of(trial)
+        self._check()
+        ref = self._ref(trial)
         result = trial.last_result or {}
+        if USER_ERROR in result:  # the trainer refused its input: failed, not retried
+            self._end(trial, "FAILED", {"error": result[USER_ERROR][:5000]})
+            self._print(trials, trial, f"FAILED ({result[USER_ERROR]})", result, {})
+            return
         wall = time.monotonic() - self._started.get(trial.trial_id, time.monotonic())
         timing = {"trial_wall_s": round(wall, 3)}
         if "trainer_s" in result and trial.trial_id in self._started:
             timing["overhead_s"] = round(wall - float(result["trainer_s"]), 3)
-        for key, value in timing.items():
-            self.client.log_metric(run_id, key, value)
         folder = self._checkpoint_folder(trial, result)
-        if folder is not None:
-            with folder as path:
-                self.client.log_artifacts(run_id, path, "checkpoint")
-                if (Path(path) / "pictures").is_dir():
-                    self.client.log_artifacts(run_id, str(Path(path) / "pictures"), "pictures")
-        self.client.set_terminated(run_id, status="FINISHED")
+
+        def finish(client, ref):
+            for key, value in timing.items():
+                client.log_metric(ref.run_id, key, value)
+            if folder is not None:
+                with folder as path:
+                    client.log_artifacts(ref.run_id, path, "checkpoint")
+                    if (Path(path) / "pictures").is_dir():
+                        client.log_artifacts(ref.run_id, str(Path(path) / "pictures"), "pictures")
+        self.writer.call(ref, finish, f"{ref.name}: checkpoint and timings")
         stopped = "final" not in result  # a scheduler (ASHA) ended it before its last report
-        if stopped:
-            self.client.set_tag(run_id, "stopped_early", "true")
+        checkpoint = storage.checkpoint_path(result, trial.checkpoint, self.storage)
+        storage.write_done(self.sweep_storage, trial_name(trial), checkpoint)
+        self._end(trial, "FINISHED", {"stopped_early": "true"} if stopped else {})
         self._print(trials, trial, "stopped early by the scheduler" if stopped else "done", result, timing)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        run_id = self._run_of(trial)
+        self._check()
         reason = _last_line(getattr(trial, "error_file", None))
-        self.client.set_tag(run_id, "error", reason[:5000])
-        self.client.set_terminated(run_id, status="FAILED")
+        self._end(trial, "FAILED", {"error": reason[:5000]})
         self._print(trials, trial, f"FAILED ({reason})", trial.last_result or {}, {})
 
     # ------------------------------------------------------------ helpers
 
-    def _run_of(self, trial) -> str:
-        """The trial's child run: cached, found again by name, or created."""
-        if trial.trial_id in self._runs:
-            return self._runs[trial.trial_id]
+    def _check(self) -> None:
+        if self.writer.failed:
+            raise TrackingOutage(self.writer.failed)
+
+    def _end(self, trial, status: str, tags: dict[str, str]) -> None:
+        self._ended.add(trial.trial_id)
+        self.writer.call(self._ref(trial), lambda client, ref: end_run(client, ref.run_id, status, tags),
+                         f"{trial_name(trial)}: {status}")
+
+    def _ref(self, trial) -> RunRef:
+        """The trial's child run: known, or queued to be found again by name, or created."""
+        if trial.trial_id in self._refs:
+            return self._refs[trial.trial_id]
         spec = trial.config["trial"]
-        name = trial_name(trial)
-        parent = self.client.get_run(self.parent_run_id)
-        found = self.client.search_runs(
-            [parent.info.experiment_id],
-            f"tags.`{PARENT_TAG}` = '{self.parent_run_id}' and tags.{TRIAL_NAME_TAG} = '{name}'", max_results=1)
-        if found:
-            run_id = found[0].info.run_id
-            self.client.update_run(run_id, status="RUNNING")
-        else:
-            run = self.client.create_run(parent.info.experiment_id, run_name=name, tags={
-                PARENT_TAG: self.parent_run_id, TRIAL_NAME_TAG: name, SWEEP_ID_TAG: parent.data.tags[SWEEP_ID_TAG],
-                "sweep_role": "trial", "ray_trial_id": trial.trial_id, "group": spec["group"]})
-            run_id = run.info.run_id
-            config = {**spec["config"], **(trial.config.get("search") or {})}  # what the worker runs
-            _log_params(self.client, run_id, {**self.base_params, **spec["params"], "group": spec["group"],
-                                              "method": spec["method"], "workers": spec["workers"], **config})
-            self.client.log_dict(run_id, config, "config.json")
-        self._runs[trial.trial_id] = run_id
-        return run_id
+        ref = RunRef(trial_name(trial))
+        config = {**spec["config"], **(trial.config.get("search") or {})}  # what the worker runs
+        params = {**self.base_params, **spec["params"], "group": spec["group"], "method": spec["method"],
+                  "workers": spec["workers"], **config}
+        tags = {TRIAL_NAME_TAG: ref.name, "sweep_role": "trial", "ray_trial_id": trial.trial_id,
+                "group": spec["group"]}
+        self.writer.call(ref, lambda client, ref: open_child(client, self.parent_run_id, ref, tags, params, config),
+                         f"{ref.name}: create its run")
+        self._refs[trial.trial_id] = ref
+        return ref
 
     def _checkpoint_folder(self, trial, result):
         """A context manager yielding a local copy (or the local path) of the last checkpoint."""
@@ -304,6 +356,46 @@ class MLflowTrialCallback(Callback):
                 times += f" (trainer {float(result['trainer_s']):.1f}s, overhead {timing['overhead_s']:.1f}s)"
         done = self._finished(trials) + (trial.status not in ("TERMINATED", "ERROR"))
         print(f"[{done}/{self.total}] {name}: {status}{times} {shown}".rstrip(), flush=True)
+
+
+LIVE: dict[str, MLflowTrialCallback] = {}   # parent run id -> the running sweep's callback
+
+
+def open_child(mlflow_client, parent_run_id: str, ref: RunRef, tags: dict, params: dict, config: dict) -> None:
+    """Find the trial's child run again by name (RUNNING again, its last logged step known), or
+    create it with its params and config.json. Runs in the writer's thread."""
+    parent = mlflow_client.get_run(parent_run_id)
+    found = mlflow_client.search_runs(
+        [parent.info.experiment_id],
+        f"tags.`{PARENT_TAG}` = '{parent_run_id}' and tags.{TRIAL_NAME_TAG} = '{ref.name}'", max_results=1)
+    if found:
+        ref.run_id = found[0].info.run_id
+        mlflow_client.update_run(ref.run_id, status="RUNNING")
+        history = mlflow_client.get_metric_history(ref.run_id, STEP_METRIC)
+        ref.last_step = max((m.step for m in history), default=0)
+        return
+    run = mlflow_client.create_run(parent.info.experiment_id, run_name=ref.name, tags={
+        PARENT_TAG: parent_run_id, SWEEP_ID_TAG: parent.data.tags[SWEEP_ID_TAG], **tags})
+    ref.run_id = run.info.run_id
+    _log_params(mlflow_client, ref.run_id, params)
+    mlflow_client.log_dict(ref.run_id, config, "config.json")
+
+
+def end_run(mlflow_client, run_id: str, status: str, tags: dict[str, str]) -> None:
+    for key, value in tags.items():
+        mlflow_client.set_tag(run_id, key, value)
+    mlflow_client.set_terminated(run_id, status=status)
+
+
+def end_running_children(tracking_uri: str, parent_run_id: str, status: str = "KILLED") -> list[str]:
+    """End every child still RUNNING (an interrupted sweep, a driver that died); their names."""
+    mlflow_client = client(tracking_uri)
+    ended = []
+    for run in children(tracking_uri, parent_run_id):
+        if run.info.status == "RUNNING":
+            mlflow_client.set_terminated(run.info.run_id, status=status)
+            ended.append(run.info.run_name)
+    return ended
 
 
 def _last_line(error_file) -> str:

@@ -12,8 +12,6 @@ import os
 from platform import storage
 from platform.resources import Resources, fmt
 
-TRIAL_RETRIES = 1           # Tune relaunches a failed trial once (from its last checkpoint)
-TRAIN_RETRIES = 1           # Train restarts a failed worker group once; its controller too
 CHECKPOINTS_KEPT = 2
 
 
@@ -37,25 +35,30 @@ def connect_ray() -> tuple[bool, str]:
                   f"http://{context.dashboard_url}")
 
 
-def tune_trials(trials, resources: Resources, train_storage: str) -> list[dict]:
-    """Each trial's Tune config: its flat trainer config as the plan built it, and how to run it."""
+def tune_trials(trials, resources: Resources, train_storage: str, resume: dict[str, str | None],
+                retries: int) -> list[dict]:
+    """Each trial's Tune config: its flat trainer config as the plan built it, how to run it, and
+    the checkpoint it resumes from when an earlier run of the sweep left one."""
     from trainables.ray_adapter import trial_config
 
     return [{**trial_config(t.method, t.config, name=t.name, group=t.group, params=t.params,
                             workers=resources.workers, cpus_per_worker=resources.cpus_per_worker,
                             gpus_per_worker=resources.gpus_per_worker, train_storage=train_storage,
-                            max_failures=TRAIN_RETRIES, controller_failure_limit=TRAIN_RETRIES),
-             "category": t.category, "seed": t.seed} for t in trials]
+                            max_failures=retries, controller_failure_limit=retries),
+             "category": t.category, "seed": t.seed, "resume_from": resume.get(t.name)} for t in trials]
 
 
-def run_phase(sweep_storage: str, phase, trials, resources: Resources, concurrent: int, callback):
-    """One Tune experiment under `<sweep storage>/<phase>`: a grid over explicit trials, or an
-    Optuna study; restored if it exists. Returns Tune's ResultGrid."""
+def run_phase(sweep_storage: str, phase, trials, resources: Resources, concurrent: int, callback,
+              resume: dict[str, str | None], retries: int):
+    """One Tune experiment under the sweep's storage: a grid over the phase's unfinished trials
+    (a new experiment each run of the sweep, `<phase>`, `<phase>.attempt2`, ...: the trials carry
+    their own resume pointers), or an Optuna study, restored when it exists (its searcher holds
+    the study). Returns Tune's ResultGrid."""
     from ray import tune
 
     from trainables.ray_adapter import run_trial
 
-    configs = tune_trials(trials, resources, storage.join(sweep_storage, "train"))
+    configs = tune_trials(trials, resources, storage.join(sweep_storage, "train"), resume, retries)
     trainable = tune.with_resources(run_trial, resources.trial_bundle())
     if phase.search is None:
         param_space = {"trial": tune.grid_search(configs)}
@@ -67,14 +70,17 @@ def run_phase(sweep_storage: str, phase, trials, resources: Resources, concurren
     else:
         param_space, tune_config = _search_setup(phase.search, configs[0], concurrent)
     path = storage.join(sweep_storage, phase.name)
-    if tune.Tuner.can_restore(path):
+    if phase.search is not None and tune.Tuner.can_restore(path):
         print(f"phase {phase.name}: resuming {path}")
         tuner = tune.Tuner.restore(path, trainable=trainable, param_space=param_space, resume_errored=True)
     else:
-        print(f"phase {phase.name}: {len(trials) if phase.search is None else phase.search.num_samples} trials")
+        name = phase.name if phase.search is not None else storage.next_attempt(sweep_storage, phase.name)
+        resuming = sum(bool(resume.get(t.name)) for t in trials)
+        print(f"phase {phase.name}: {len(trials) if phase.search is None else phase.search.num_samples} trials"
+              + (f" ({resuming} from their last checkpoint)" if resuming else ""))
         run_config = tune.RunConfig(
-            name=phase.name, storage_path=sweep_storage, callbacks=[callback],
-            failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES),
+            name=name, storage_path=sweep_storage, callbacks=[callback],
+            failure_config=tune.FailureConfig(max_failures=retries),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
             verbose=0)  # Tune's tables print every config and result; the callback prints one line each
         tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)

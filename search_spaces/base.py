@@ -169,6 +169,17 @@ def build_trial_config(preset: str, data: str, trial: TrialSpec, **fields):
     return make_trial_config(trial.method, preset, overrides)
 
 
+def check_world_size(plan: SweepPlan, world_size: int) -> None:
+    """What depends on the resources: each trial's config against the DDP world it will run in."""
+    for trial in plan.trials:
+        check = getattr(trial.cfg, "check_world", None)
+        if check is not None:
+            try:
+                check(world_size)
+            except UserInputError as error:
+                raise UserInputError(f"--workers-per-trial {world_size}: {trial.name}: {error}") from None
+
+
 def validate_plan(plan: SweepPlan) -> SweepPlan:
     """The plan with every trial's config built, once; duplicate names or a missing dependency
     are errors."""

@@ -14,6 +14,7 @@ import torch
 
 from trainables.checkpoint import load_checkpoint
 from trainables.config import build_config
+from trainables.errors import UserInputError
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,8 @@ class ToyConfig:
     fail_at: int = -1            # epoch at which rank 0 fails once (-1 = never)
     marker: str = ""             # file whose absence means "not failed yet"
     start_from: str | None = None  # an earlier run's checkpoint to start from (like GAN stage 2)
+    user_error: str = ""         # raise this UserInputError at the start (a bad value only the trainer sees)
+    attempts: str = ""           # file that gets one line per start of the trainer
 
 
 PRESETS = {"tiny": {}, "small": {}, "paper": {}}
@@ -41,6 +44,11 @@ def train_toy(cfg: ToyConfig, report) -> dict:
     import torch.distributed as dist
 
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    if cfg.attempts:
+        with open(cfg.attempts, "a") as out:
+            out.write("start\n")
+    if cfg.user_error:
+        raise UserInputError(cfg.user_error)
     start = int(load_checkpoint(cfg.resume)["epoch"]) if cfg.resume else 0
     metrics = {}
     for epoch in range(start, cfg.epochs):

@@ -70,7 +70,7 @@ def test_torchtrainer_path_runs_ddp_and_resumes_its_worker_group(ray_runtime, tm
     assert metrics["final"] == 1 and metrics["resumed_from"] == 1  # Train restarted from its checkpoint
     # the Train run is named after the trial (no timestamp), so a restarted trial finds it again
     runs = [p.name for p in (tmp_path / "train").iterdir() if p.is_dir()]
-    assert runs == [f"train-{result.metrics['trial_id']}"]
+    assert len(runs) == 1 and runs[0].startswith("train-") and runs[0].endswith(result.metrics["trial_id"])
     checkpoint = Path(metrics["checkpoint_path"])
     assert checkpoint.is_relative_to(tmp_path / "train") and (checkpoint / "pictures" / "toy.png").exists()
 
@@ -119,7 +119,7 @@ def test_ablation_sweep_end_to_end(ray_runtime, tmp_path, capsys):
 
     # the same command again resumes the finished sweep: no new parent, no duplicate children
     assert sweep.main(argv) == 0
-    assert "resuming" in capsys.readouterr().out
+    assert "4 of 4 trials already finished" in capsys.readouterr().out
     assert len(tracking.children(uri, parent.info.run_id)) == 4
     assert tracking.find_parent(uri, sweep_id).info.run_id == parent.info.run_id
     # --resume by id alone: the saved options rebuild the same plan

@@ -20,13 +20,18 @@ plain function in both paths below; only its `report` callable differs.
 
 Checkpoint dicts are persisted with `trainables.checkpoint.save_checkpoint` into a temporary
 folder, plus `pictures/*.png` when the dict carries pictures, and that folder is handed to Ray,
-which copies it to the sweep's storage. Every report also carries `trainer_s` (seconds spent in
-the loop, excluding time inside `report`) and `report_s` (time persisting reports), so the
-driver can measure per-trial overhead. This module never imports `platform` (it runs on
-workers) and imports Ray lazily.
+which copies it to the sweep's storage, with `report.json` (the index of the report that saved
+it). Every report carries `report_index`, which continues across restarts and resumes, so the
+driver never logs a step twice, and `trainer_s` / `report_s` (seconds in the loop and in
+`report`), so it can measure per-trial overhead. A `UserInputError` from the trainer (a bad
+value, a malformed dataset) ends the trial with one `user_error` report instead of an
+exception: retrying cannot fix it. A trial of a resumed sweep starts from `resume_from`, the
+checkpoint the driver found for it. This module never imports `platform` (it runs on workers)
+and imports Ray lazily.
 """
 
 import contextlib
+import json
 import logging
 import tempfile
 import time
@@ -34,8 +39,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from trainables.checkpoint import save_checkpoint
+from trainables.errors import UserInputError
 from trainables.methods import load_entry, make_trial_config
 from trainables.pictures import save_pictures
+
+USER_ERROR = "user_error"   # a report with this key: the trial failed on bad input (no retry)
+REPORT_FILE = "report.json"  # in a checkpoint folder: the index of the report that saved it
 
 def trial_config(method: str, config: dict, *, name: str, group: str = "", params: dict | None = None,
                  workers: int = 1, cpus_per_worker: float = 1, gpus_per_worker: float = 0,
@@ -75,18 +84,23 @@ def _run_direct(trial: dict, sampled: dict) -> None:
     entry = load_entry(trial["method"])
 
     def report(metrics: dict, checkpoint: dict | None = None) -> None:
-        with timer.report(metrics) as stamped:
+        with reporter.stamp(metrics) as stamped:
             if checkpoint is None:
                 tune.report(stamped)
                 return
             with tempfile.TemporaryDirectory(prefix="ckpt-") as folder:
-                _persist(checkpoint, folder)
+                _persist(checkpoint, folder, reporter.index)
                 tune.report(stamped, checkpoint=tune.Checkpoint.from_directory(folder))
 
-    with _as_directory(tune.get_checkpoint()) as resume, _local_inputs(trial) as trial:
-        cfg = worker_config(trial, sampled, resume=resume)
-        timer = _Timer()
-        entry(cfg, report)
+    with _resume_folder(tune.get_checkpoint(), trial) as resume, _local_inputs(trial) as trial:
+        reporter = _Reporter(resume)
+        try:
+            cfg = worker_config(trial, sampled, resume=resume)
+            entry(cfg, report)
+        except UserInputError as error:
+            # a bad value or dataset fails the same way on every attempt: end the trial now, with
+            # its message, instead of raising into Tune's retries (the driver marks it FAILED)
+            tune.report({USER_ERROR: str(error)})
 
 
 # ---------------------------------------------------------------- several workers: a nested TorchTrainer
@@ -100,14 +114,15 @@ def _run_nested(trial: dict, sampled: dict) -> None:
     assert trial["train_storage"], "a multi-worker trial needs the sweep's shared storage"
     gpus = trial["gpus_per_worker"]
     resources = {"CPU": trial["cpus_per_worker"], **({"GPU": gpus} if gpus else {})}
-    trial_id = tune.get_context().get_trial_id()
     trainer = TorchTrainer(
         _train_worker,
         train_loop_config={"trial": trial, "sampled": sampled},
         scaling_config=ray.train.ScalingConfig(num_workers=trial["workers"], use_gpu=gpus > 0,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
-            name=f"train-{trial_id}",   # stable across trial restarts: Train resumes its run
+            # stable across trial restarts and sweep resumes (a trial keeps its name): Train resumes
+            # its own run from its latest checkpoint
+            name=f"train-{tune.get_context().get_trial_name()}",
             storage_path=trial["train_storage"],
             failure_config=ray.train.FailureConfig(max_failures=trial["max_failures"],
                                                    controller_failure_limit=trial["controller_failure_limit"]),
@@ -128,19 +143,22 @@ def _train_worker(loop_config: dict) -> None:
     rank = ray.train.get_context().get_world_rank()
 
     def report(metrics: dict, checkpoint: dict | None = None) -> None:
-        with timer.report(metrics) as stamped:
+        with reporter.stamp(metrics) as stamped:
             if checkpoint is None or rank != 0:
                 ray.train.report(stamped)
                 return
             with tempfile.TemporaryDirectory(prefix="ckpt-") as folder:
-                _persist(checkpoint, folder)
+                _persist(checkpoint, folder, reporter.index)
                 ray.train.report(stamped, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
     device = ray.train.torch.get_device()  # this rank's GPU, or cpu
-    with _as_directory(ray.train.get_checkpoint()) as resume, _local_inputs(trial) as trial:
-        cfg = worker_config(trial, sampled, resume=resume, device=str(device))
-        timer = _Timer()
-        entry(cfg, report)
+    with _resume_folder(ray.train.get_checkpoint(), trial) as resume, _local_inputs(trial) as trial:
+        reporter = _Reporter(resume)
+        try:
+            cfg = worker_config(trial, sampled, resume=resume, device=str(device))
+            entry(cfg, report)
+        except UserInputError as error:
+            ray.train.report({USER_ERROR: str(error)})  # every rank fails alike: no retry (see _run_direct)
 
 
 # ---------------------------------------------------------------- shared pieces
@@ -153,10 +171,23 @@ def _quiet_checkpoint_logs() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def _persist(checkpoint: dict, folder: str) -> None:
+def _persist(checkpoint: dict, folder: str, report_index: int) -> None:
     save_checkpoint(folder, checkpoint)
     if checkpoint.get("pictures"):
         save_pictures(checkpoint["pictures"], Path(folder) / "pictures")
+    (Path(folder) / REPORT_FILE).write_text(json.dumps({"report_index": report_index}))
+
+
+@contextlib.contextmanager
+def _resume_folder(checkpoint, trial: dict):
+    """The folder to resume from: Ray's checkpoint of this trial when it restarts, else the
+    checkpoint the driver found for it when the sweep resumes (`resume_from`), else None."""
+    if checkpoint is None and trial.get("resume_from"):
+        from ray.train import Checkpoint
+
+        checkpoint = Checkpoint(trial["resume_from"])
+    with _as_directory(checkpoint) as folder:
+        yield folder
 
 
 @contextlib.contextmanager
@@ -190,19 +221,27 @@ def _local_inputs(trial: dict):
         yield {**trial, "config": local}
 
 
-class _Timer:
-    """Seconds spent in the trainer loop, excluding the time inside its `report` calls."""
+class _Reporter:
+    """Stamps every report with `report_index` (1, 2, ... over the trial's whole life: it
+    continues from the checkpoint a restarted trial resumes, so the driver logs each index once
+    and a replayed report is recognisable) and with `trainer_s` (seconds in the loop, excluding
+    the time inside `report`) and `report_s` (time persisting reports)."""
 
-    def __init__(self):
+    def __init__(self, resume: str | None):
         self.start = time.perf_counter()
         self.report_s = 0.0
+        self.index = 0
+        marker = Path(resume) / REPORT_FILE if resume else None
+        if marker is not None and marker.exists():
+            self.index = int(json.loads(marker.read_text())["report_index"])
 
     @contextlib.contextmanager
-    def report(self, metrics: dict[str, Any]):
-        """Yields `metrics` stamped with `trainer_s` and `report_s` so far; times the block."""
+    def stamp(self, metrics: dict[str, Any]):
+        """Yields `metrics` stamped as above; times the block."""
         began = time.perf_counter()
+        self.index += 1
         try:
-            yield {**metrics, "trainer_s": round(began - self.start - self.report_s, 3),
+            yield {**metrics, "report_index": self.index, "trainer_s": round(began - self.start - self.report_s, 3),
                    "report_s": round(self.report_s, 3)}
         finally:
             self.report_s += time.perf_counter() - began

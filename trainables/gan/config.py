@@ -114,6 +114,13 @@ class GanConfig:
         if not 0 < self.base_fraction < 1:
             raise UserInputError(f"base_fraction={self.base_fraction}: expected a fraction in (0, 1)")
 
+    def check_world(self, world_size: int) -> None:
+        """Each of `world_size` ranks draws batch / world_size images, in whole minibatch-std groups."""
+        if self.batch % world_size or (self.batch // world_size) % self.mbstd_group:
+            raise UserInputError(f"batch={self.batch}: expected a multiple of world size {world_size} x "
+                                 f"mbstd_group={self.mbstd_group} (set --set batch=... or fewer "
+                                 f"--workers-per-trial)")
+
     @property
     def gamma(self) -> float:
         return self.r1_gamma if self.r1_gamma is not None else 0.0002 * self.resolution ** 2 / self.batch

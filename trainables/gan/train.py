@@ -83,6 +83,9 @@ def load_stage1(cfg: GanConfig) -> dict:
         raise UserInputError(f"stage1={cfg.stage1}: no checkpoint.pt there") from None
     if state.get("stage") != 1:
         raise UserInputError(f"stage1={cfg.stage1}: not a stage-1 checkpoint (stage={state.get('stage')})")
+    if not state.get("final"):
+        raise UserInputError(f"stage1={cfg.stage1}: stage 1 did not finish (an intermediate checkpoint); "
+                             f"finish stage 1 first")
     mismatch = {k: (state["config"][k], getattr(cfg, k)) for k in ARCHITECTURE if state["config"][k] != getattr(cfg, k)}
     if mismatch:
         raise UserInputError(f"stage1={cfg.stage1}: architecture differs from this config (stage 1, stage 2): "
@@ -165,8 +168,7 @@ def run(cfg: GanConfig, stage: int, report: Report, images: np.ndarray, masks: n
     assert (masks is not None) == (stage == 2)
     device = pick_device(cfg.device)
     rank, world_size = world()
-    if cfg.batch % world_size or (cfg.batch // world_size) % cfg.mbstd_group:
-        raise UserInputError(f"batch={cfg.batch}: expected a multiple of world size {world_size} x mbstd_group")
+    cfg.check_world(world_size)
     n_batch = cfg.batch // world_size
     resume = load_checkpoint(cfg.resume) if cfg.resume else None
     if resume is not None and resume.get("stage") != stage:
