@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from platform.cli import run_main
-from trainables.checkpoint import save_checkpoint
+from trainables.checkpoint import persist
 from trainables.data import EMBEDDED_CATEGORIES
 from trainables.detector.train import make_config as detector_config, train_detector
 from trainables.device import pick_device
@@ -86,7 +86,7 @@ def _quiet(metrics: dict, checkpoint: dict | None = None) -> None:
 def _keep_final(folder: Path):
     def report(metrics: dict, checkpoint: dict | None = None) -> None:
         if checkpoint is not None and metrics.get("final"):
-            save_checkpoint(folder, {k: v for k, v in checkpoint.items() if k != "pictures"})
+            persist({k: v for k, v in checkpoint.items() if k != "pictures"}, folder)
     return report
 
 

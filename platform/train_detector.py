@@ -11,10 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-from trainables.checkpoint import load_checkpoint, save_checkpoint
+from trainables.checkpoint import load_checkpoint, persist
 from trainables.config import parse_overrides, to_flat
 from trainables.detector.train import make_config, train_detector
-from trainables.pictures import save_pictures
 
 
 def main(args) -> int:
@@ -37,11 +36,8 @@ def main(args) -> int:
 
     def report(metrics: dict, checkpoint: dict | None = None) -> None:
         if checkpoint is not None:
-            pictures = checkpoint.get("pictures")
-            save_checkpoint(out / "checkpoint", checkpoint)
-            if pictures:
-                for path in save_pictures(pictures, out / "pictures"):
-                    print(f"wrote {path}", file=sys.stderr)
+            for path in persist(checkpoint, out / "checkpoint", out / "pictures"):
+                print(f"wrote {path}", file=sys.stderr)
         losses = " ".join(f"{k[5:]}={v:.4f}" for k, v in metrics.items() if k.startswith("loss/"))
         print(f"epoch {metrics['epoch']:.1f} step {metrics['step']} kimg {metrics['kimg']:.1f} "
               f"lr {metrics['lr']:.1e} {losses} {metrics['steps_per_s']:.2f} steps/s "

@@ -1,8 +1,10 @@
 """Checkpoint files: atomic `torch.save` of tensors and plain containers, loaded with
 `weights_only=True`, plus capture/restore of every RNG a training loop draws from.
 
-A checkpoint is a dict; trainers decide its keys. This module knows nothing of Ray: the
-Ray adapters wrap the directory a checkpoint lives in.
+A checkpoint is a dict; trainers decide its keys. `persist` is what every consumer of a
+trainer's `report` does with one (the CLIs, the Ray adapter, the benchmark): the file, plus
+its "pictures" as PNGs. This module knows nothing of Ray: the Ray adapters wrap the
+directory a checkpoint lives in.
 """
 
 import os
@@ -24,6 +26,18 @@ def save_checkpoint(directory: str | os.PathLike, state: dict) -> Path:
     torch.save(state, tmp)
     os.replace(tmp, path)
     return path
+
+
+def persist(checkpoint: dict, folder: str | os.PathLike,
+            pictures_dir: str | os.PathLike | None = None) -> list[Path]:
+    """`save_checkpoint(folder, checkpoint)`, then each of the dict's "pictures" (if any) as
+    `<pictures_dir>/<stem>.png` (default `<folder>/pictures`); returns the pictures' paths."""
+    from trainables.pictures import save_pictures
+
+    save_checkpoint(folder, checkpoint)
+    if not checkpoint.get("pictures"):
+        return []
+    return save_pictures(checkpoint["pictures"], Path(folder) / "pictures" if pictures_dir is None else pictures_dir)
 
 
 def load_checkpoint(directory: str | os.PathLike, map_location="cpu") -> dict:

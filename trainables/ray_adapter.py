@@ -174,9 +174,9 @@ def _quiet_checkpoint_logs() -> None:
 
 
 def _persist(checkpoint: dict, folder: str) -> None:
-    save_checkpoint(folder, checkpoint)
-    if checkpoint.get("pictures"):
-        save_pictures(checkpoint["pictures"], Path(folder) / "pictures")
+    from trainables.checkpoint import persist
+
+    persist(checkpoint, folder)
 
 
 @contextlib.contextmanager

@@ -36,6 +36,7 @@ from trainables.detector.model import (DefectPredictor, EncoderFeatures, Reconst
 from trainables.detector.synthesis import AnomalySynthesizer, SynthesisParams, build_source_pool
 from trainables.device import pick_device
 from trainables.errors import UserInputError
+from trainables.runtime import agree, load_category_or_fail, rank_world
 
 Report = Callable[..., None]
 DF_DEFAULT_LAYERS = {"ae_encoder": (3, 4, 5), "vgg19": (1, 2, 3)}  # spec §4.3
@@ -221,14 +222,9 @@ def train_detector(cfg: DetectorConfig, report: Report) -> dict:
     A checkpoint handed to `report` shares storage with the live weights: persist it (or
     clone it) before returning, as the CLI and the Ray adapter do.
     """
-    from trainables.data import load_category, resolve_data
-
     device = pick_device(cfg.device)
-    rank, world = _distributed()
-    root = resolve_data(cfg.data)
-    if cfg.category not in root.categories:
-        raise UserInputError(f"category={cfg.category!r}: not in {root.path}; expected one of {list(root.categories)}")
-    data = load_category(root.path, cfg.category, cfg.img_size)
+    rank, world = rank_world()
+    root, data = load_category_or_fail(cfg.data, cfg.category, cfg.img_size)
     pool = build_source_pool(cfg.anomaly_source, root, cfg.category, cfg.img_size, cfg.source_per_category,
                              cfg.dtd_root, cfg.seed)
     synth = AnomalySynthesizer(np.asarray(data.train), data.kind, pool, synthesis_params(cfg))
@@ -267,7 +263,7 @@ def train_detector(cfg: DetectorConfig, report: Report) -> dict:
     seconds_before = train_seconds
     while step < total_steps:
         train_seconds = seconds_before + time.perf_counter() - session_start
-        if _stop(budget is not None and train_seconds >= budget, world, device):
+        if agree(budget is not None and train_seconds >= budget, device):  # every rank stops together
             break
         progress = max(step / total_steps, train_seconds / budget if budget else 0.0)
         for group in optimizer.param_groups:
@@ -409,26 +405,7 @@ def _restore(cfg: DetectorConfig, nets: nn.ModuleDict, optimizer) -> tuple[int, 
     return int(ckpt["step"]), float(ckpt["train_seconds"])
 
 
-def _distributed() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def _ddp(net: nn.Module, device: torch.device) -> nn.Module:
     from torch.nn.parallel import DistributedDataParallel
 
     return DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
-
-
-def _stop(local: bool, world: int, device: torch.device) -> bool:
-    """Every rank stops together: the budget check of any rank counts for all."""
-    if world == 1:
-        return local
-    import torch.distributed as dist
-
-    flag = torch.tensor([float(local)], device=device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return bool(flag.item())

@@ -29,7 +29,6 @@ import torch.distributed as dist
 
 from trainables.checkpoint import load_checkpoint, rng_state, set_rng_state
 from trainables.config import build_config, to_flat
-from trainables.data import load_category, resolve_data
 from trainables.device import pick_device
 from trainables.errors import UserInputError
 from trainables.gan.augment import AugmentPipe, ada_adjust
@@ -38,6 +37,7 @@ from trainables.gan.loss import DFMGANLoss
 from trainables.gan.metrics import compute_clustered_lpips, compute_kid
 from trainables.gan.networks import Discriminator, Generator
 from trainables.pictures import grid
+from trainables.runtime import agree, load_category_or_fail, rank_world
 
 Report = Callable[..., None]
 # fields that shape the networks: stage 2 must be built exactly like its stage 1 (spec §6.3)
@@ -203,12 +203,6 @@ def step_seed(seed: int, rank: int, step: int) -> int:
     return int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0])
 
 
-def world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def load_stage1(cfg: GanConfig) -> dict:
     """The stage-1 checkpoint, checked to be a stage-1 run with the same architecture as `cfg`."""
     if not cfg.stage1:
@@ -270,10 +264,7 @@ def to_model_range(images: np.ndarray, device) -> torch.Tensor:
 
 def load_images(cfg: GanConfig, stage: int) -> tuple[np.ndarray, np.ndarray | None]:
     """Stage 1: train/good images; stage 2: the defect type's images and masks (uint8)."""
-    root = resolve_data(cfg.data)
-    if cfg.category not in root.categories:
-        raise UserInputError(f"category={cfg.category!r}: not in {cfg.data}; expected one of {list(root.categories)}")
-    data = load_category(root.path, cfg.category, cfg.resolution)
+    _, data = load_category_or_fail(cfg.data, cfg.category, cfg.resolution)
     if stage == 1:
         return data.train, None
     if not cfg.defect:
@@ -300,7 +291,7 @@ def run(cfg: GanConfig, stage: int, report: Report, images: np.ndarray, masks: n
     """Train one stage on uint8 images [K, R, R, 3] (and masks [K, R, R]); (final metrics, G_ema)."""
     assert (masks is not None) == (stage == 2)
     device = pick_device(cfg.device)
-    rank, world_size = world()
+    rank, world_size = rank_world()
     if cfg.batch % world_size or (cfg.batch // world_size) % cfg.mbstd_group:
         raise UserInputError(f"batch={cfg.batch}: expected a multiple of world size {world_size} x mbstd_group")
     n_batch = cfg.batch // world_size
@@ -353,7 +344,9 @@ def run(cfg: GanConfig, stage: int, report: Report, images: np.ndarray, masks: n
     tick_nimg = max(int(cfg.tick_kimg * 1000), 1)
 
     def finished() -> bool:
-        return state["cur_nimg"] >= kimg * 1000 or (minutes is not None and state["train_seconds"] >= minutes * 60)
+        """A collective under DDP: the image count is the same on every rank, their clocks are not."""
+        spent = minutes is not None and state["train_seconds"] >= minutes * 60
+        return state["cur_nimg"] >= kimg * 1000 or agree(spent, device)
 
     def checkpoint(final: bool) -> dict:
         ckpt = {"stage": stage, "config": to_flat(cfg), "final": int(final), "G": G.state_dict(),
@@ -377,7 +370,8 @@ def run(cfg: GanConfig, stage: int, report: Report, images: np.ndarray, masks: n
     sums, counts = defaultdict(float), defaultdict(int)
     n_reports, tick_began, tick_iterations = 0, time.perf_counter(), 0
     began = time.perf_counter() - state["train_seconds"]
-    while not finished():
+    done = finished()
+    while not done:
         it = state["iteration"]
         torch.manual_seed(step_seed(cfg.seed, rank, it))
         index = torch.randint(len(reals), (n_batch,)).to(device)
@@ -418,7 +412,8 @@ def run(cfg: GanConfig, stage: int, report: Report, images: np.ndarray, masks: n
             state["ada_sign_sum"], state["ada_count"] = 0.0, 0
         state["train_seconds"] = time.perf_counter() - began
         tick_iterations += 1
-        if state["cur_nimg"] // tick_nimg != (state["cur_nimg"] - cfg.batch) // tick_nimg and not finished():
+        done = finished()
+        if state["cur_nimg"] // tick_nimg != (state["cur_nimg"] - cfg.batch) // tick_nimg and not done:
             n_reports += 1
             save = rank == 0 and cfg.checkpoint_ticks > 0 and n_reports % cfg.checkpoint_ticks == 0
             report(progress(stage, state, len(reals), sums, counts, tick_iterations / (time.perf_counter() - tick_began)),
