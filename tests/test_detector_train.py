@@ -78,15 +78,20 @@ def test_loss_decreases_over_a_tiny_run(root):
     assert picture.dtype == torch.uint8 and picture.shape[-1] == 3
 
 
-def test_resume_from_a_mid_run_checkpoint_matches_an_uninterrupted_run(root, tmp_path):
-    cfg = tiny(root, epochs=4, steps_per_epoch=2, df_update="copy", lk=True)
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_from_a_mid_run_checkpoint_matches_an_uninterrupted_run(root, tmp_path, workers):
+    """In line (0) and with synthesis in loader processes resumed mid-run: the uninterrupted
+    run synthesises in line either way, so the pipeline must also reproduce its batches."""
+    cfg = tiny(root, epochs=4, steps_per_epoch=2, df_update="copy", lk=True, loader_workers=0)
     full = []
     train_detector(cfg, cloning_report(full))
     middle = full[1][1]  # after epoch 2 of 4
     assert middle["step"] == 4 and middle["final"] == 0
     save_checkpoint(tmp_path / "mid", middle)
     resumed = []
-    train_detector(make_config("tiny", {**to_flat(cfg), "resume": str(tmp_path / "mid")}), cloning_report(resumed))
+    train_detector(make_config("tiny", {**to_flat(cfg), "loader_workers": workers, "resume": str(tmp_path / "mid")}),
+                   cloning_report(resumed))
+    assert resumed[-1][0]["loader_workers"] == workers
     a, b = full[-1][1], resumed[-1][1]
     assert a["step"] == b["step"] == 8
     assert a["nets"].keys() == b["nets"].keys()

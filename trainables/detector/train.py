@@ -6,7 +6,9 @@ renders anomaly maps. It talks to the outside only through `report(metrics, chec
 once per `report_every` epochs during training, and once more with the test metrics and
 `"final": 1`. Checkpoints hold every piece of state (nets, F, optimizer, step, training
 seconds, RNG), and every batch is drawn from an RNG seeded by (seed, rank, step), so
-resuming reproduces an uninterrupted run bit for bit (without a `minutes` budget).
+resuming reproduces an uninterrupted run bit for bit (without a `minutes` budget). The
+batches are synthesised in `loader_workers` processes ahead of the step (pipeline.py), or in
+line with 0; both give the same batches.
 
 The learning rate is a step function of training progress p ∈ [0, 1] (×lr_gamma at each
 `lr_milestones` fraction; the paper's 400/700 and 600/700 epochs by default). p is
@@ -16,6 +18,7 @@ Plain Python with world size 1; DDP (one process per device, sampling sharded by
 torch.distributed is initialised with more than one process. Only rank 0 evaluates.
 """
 
+import contextlib
 import copy
 import math
 import time
@@ -31,6 +34,7 @@ from trainables.checkpoint import load_checkpoint, rng_state, set_rng_state
 from trainables.config import build_config, to_flat
 from trainables.detector.losses import DetectorLoss
 from trainables.detector.metrics import detection_metrics
+from trainables.detector.pipeline import batches, default_workers
 from trainables.detector.model import (DefectPredictor, EncoderFeatures, ReconstructionNet, VGGFeatures,
                                        copy_parameters)
 from trainables.detector.synthesis import AnomalySynthesizer, SynthesisParams, build_source_pool
@@ -94,6 +98,7 @@ class DetectorConfig:
     lr_milestones: tuple[float, ...] = (4 / 7, 6 / 7)   # fractions of training (400/700, 600/700)
     lr_gamma: float = 0.1
     minutes: float | None = None           # wall-clock training budget; None = all epochs
+    loader_workers: int | None = None      # synthesis processes per rank; None = from the CPUs, 0 = in line
     # evaluation and reporting
     score_kernel: int = 21                 # image score = max of the k×k mean-filtered map at 256 px; scaled
     aupro_limit: float = 0.3
@@ -129,6 +134,8 @@ class DetectorConfig:
         for name, value in positive.items():
             if value < 1:
                 raise UserInputError(f"{name}={value}: expected a positive integer")
+        if self.loader_workers is not None and self.loader_workers < 0:
+            raise UserInputError(f"loader_workers={self.loader_workers}: expected 0 (in line) or more processes")
         if self.lr <= 0 or self.minutes is not None and self.minutes <= 0:
             raise UserInputError("lr and minutes: expected positive numbers")
         if any(not 0 < m < 1 for m in self.lr_milestones):
@@ -245,8 +252,9 @@ def train_detector(cfg: DetectorConfig, report: Report) -> dict:
     steps_per_epoch = cfg.steps_per_epoch or math.ceil(len(data.train) / (cfg.batch_size * world))
     total_steps = cfg.epochs * steps_per_epoch
     budget = cfg.minutes * 60 if cfg.minutes else None
+    workers = default_workers() if cfg.loader_workers is None else cfg.loader_workers
     info = {"category": cfg.category, "dataset": root.dataset, "anomaly_source": cfg.anomaly_source,
-            "leaky": cfg.leaky}
+            "leaky": cfg.leaky, "loader_workers": workers}
     if cfg.anomaly_source == "dtd":
         info["texture_source"] = pool.origin  # "dtd" or "procedural"
 
@@ -261,31 +269,35 @@ def train_detector(cfg: DetectorConfig, report: Report) -> dict:
     reports = 0
     session_start, session_steps = time.perf_counter(), 0
     seconds_before = train_seconds
-    while step < total_steps:
-        train_seconds = seconds_before + time.perf_counter() - session_start
-        if agree(budget is not None and train_seconds >= budget, device):  # every rank stops together
-            break
-        progress = max(step / total_steps, train_seconds / budget if budget else 0.0)
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(cfg, progress)
-        batch = synth.batch(np.random.default_rng([cfg.seed, rank, step]), cfg.batch_size)
-        terms = _train_step(cfg, batch, R_t, D_t, F_t, loss_fn, optimizer, device)
-        if F is not None and cfg.df_update == "copy" and cfg.df_source == "ae_encoder" \
-                and (step + 1) % cfg.df_copy_every == 0:
-            copy_parameters(R.encoder, F.encoder)
-        step += 1
-        session_steps += 1
-        for name, value in terms.items():
-            sums[name] = sums.get(name, 0.0) + value
-        sums["_n"] = sums.get("_n", 0) + 1
-        if step % (steps_per_epoch * cfg.report_every) == 0 and step < total_steps:
+    # the batch of each step is a function of (seed, rank, step), made in line or by loader processes
+    stream = batches(synth, cfg.seed, rank, cfg.batch_size, step, total_steps, workers,
+                     pin_memory=device.type == "cuda")
+    with contextlib.closing(stream):
+        while step < total_steps:
             train_seconds = seconds_before + time.perf_counter() - session_start
-            metrics = _progress_metrics(cfg, sums, step, steps_per_epoch, world, train_seconds,
-                                        session_steps / (time.perf_counter() - session_start), optimizer)
-            reports += 1
-            keep = rank == 0 and cfg.checkpoint_every and reports % cfg.checkpoint_every == 0
-            report({**metrics, **info}, state(False) if keep else None)
-            sums = {}
+            if agree(budget is not None and train_seconds >= budget, device):  # every rank stops together
+                break
+            progress = max(step / total_steps, train_seconds / budget if budget else 0.0)
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(cfg, progress)
+            batch = next(stream)
+            terms = _train_step(cfg, batch, R_t, D_t, F_t, loss_fn, optimizer, device)
+            if F is not None and cfg.df_update == "copy" and cfg.df_source == "ae_encoder" \
+                    and (step + 1) % cfg.df_copy_every == 0:
+                copy_parameters(R.encoder, F.encoder)
+            step += 1
+            session_steps += 1
+            for name, value in terms.items():
+                sums[name] = sums.get(name, 0.0) + value
+            sums["_n"] = sums.get("_n", 0) + 1
+            if step % (steps_per_epoch * cfg.report_every) == 0 and step < total_steps:
+                train_seconds = seconds_before + time.perf_counter() - session_start
+                metrics = _progress_metrics(cfg, sums, step, steps_per_epoch, world, train_seconds,
+                                            session_steps / (time.perf_counter() - session_start), optimizer)
+                reports += 1
+                keep = rank == 0 and cfg.checkpoint_every and reports % cfg.checkpoint_every == 0
+                report({**metrics, **info}, state(False) if keep else None)
+                sums = {}
     train_seconds = seconds_before + time.perf_counter() - session_start
     steps_per_s = session_steps / max(time.perf_counter() - session_start, 1e-9)
     metrics = {**_progress_metrics(cfg, sums, step, steps_per_epoch, world, train_seconds, steps_per_s,
@@ -302,7 +314,7 @@ def train_detector(cfg: DetectorConfig, report: Report) -> dict:
 
 
 def _train_step(cfg, batch, R, D, F, loss_fn, optimizer, device) -> dict[str, float]:
-    I, I_a, M = (torch.from_numpy(batch[k]).to(device) for k in ("I", "I_a", "M"))
+    I, I_a, M = (batch[k].to(device, non_blocking=True) for k in ("I", "I_a", "M"))
     I_r = R(I_a)
     x = torch.cat([I_r.detach() if cfg.detach_reconstruction else I_r, I_a], dim=1)
     P = torch.softmax(D(x), dim=1)
