@@ -54,19 +54,19 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-") as folder:
         if "detector" in kinds:
             cfg = detector_config(args.preset, {**common, "epochs": NEVER, "minutes": minutes,
-                                                "report_every": NEVER, "checkpoint_every": 0, "n_pictures": 0})
+                                                "report_every": NEVER, "checkpoint_minutes": None, "n_pictures": 0})
             figures["detector"] = _per_step(train_detector(cfg, _quiet), "step")
         stage1 = Path(folder) / "stage1"
         if kinds & {"gan_stage1", "gan_stage2"}:   # stage 2 starts from this stage 1
             cfg = gan_config(args.preset, {**common, "stage1_kimg": NEVER, "stage1_minutes": minutes,
-                                           "tick_kimg": NEVER, "checkpoint_ticks": 0})
+                                           "tick_kimg": NEVER, "checkpoint_minutes": None})
             per_step = _per_step(train_gan_stage1(cfg, _keep_final(stage1)), "iteration")
             if "gan_stage1" in kinds:
                 figures["gan_stage1"] = per_step
         if "gan_stage2" in kinds:
             defect = EMBEDDED_CATEGORIES[args.category][1][0]
             cfg = gan_config(args.preset, {**common, "defect": defect, "stage1": str(stage1), "stage2_kimg": NEVER,
-                                           "stage2_minutes": minutes, "tick_kimg": NEVER, "checkpoint_ticks": 0,
+                                           "stage2_minutes": minutes, "tick_kimg": NEVER, "checkpoint_minutes": None,
                                            "n_generate": 4, "n_pictures": 4, "kid_gen": 4, "clpips_gen": 4})
             figures["gan_stage2"] = _per_step(train_gan_stage2(cfg, _quiet), "iteration")
     if "classifier" in kinds:

@@ -66,7 +66,7 @@ def test_grad_mode_trains_F_on_its_own(root):
 
 def test_loss_decreases_over_a_tiny_run(root):
     log = []
-    train_detector(tiny(root, epochs=8, steps_per_epoch=3, checkpoint_every=0, lk=False), cloning_report(log))
+    train_detector(tiny(root, epochs=8, steps_per_epoch=3, checkpoint_minutes=None, lk=False), cloning_report(log))
     totals = [m["loss/total"] for m, _ in log]
     assert totals[-1] < 0.7 * totals[0], totals
     final = log[-1][0]
@@ -105,6 +105,27 @@ def test_resume_refuses_a_checkpoint_of_another_architecture(root, tmp_path):
     save_checkpoint(tmp_path, log[-1][1])
     with pytest.raises(UserInputError, match="different \\['lk'\\]"):
         train_detector(tiny(root, lk=False, resume=str(tmp_path)), cloning_report([]))
+
+
+@pytest.mark.parametrize("minutes, checkpointed", [(2.5, [4, 7, 8]), (0, list(range(1, 9))), (None, [8])])
+def test_checkpoints_follow_the_wall_clock_interval(root, monkeypatch, minutes, checkpointed):
+    """A fake clock advanced a minute per report: with checkpoint_minutes=2.5 the reports at
+    0, 1, 2, 3 minutes pass the first checkpoint at step 4 (3 min), the next at step 7; the
+    final report always carries one."""
+    import trainables.runtime
+
+    now = [0.0]
+    monkeypatch.setattr(trainables.runtime, "clock", lambda: now[0])
+    log = []
+
+    def report(metrics, checkpoint=None):
+        log.append((metrics["step"], checkpoint))
+        now[0] += 60
+
+    train_detector(tiny(root, epochs=8, steps_per_epoch=1, checkpoint_minutes=minutes), report)
+    assert [step for step, _ in log] == list(range(1, 9))
+    assert [step for step, checkpoint in log if checkpoint is not None] == checkpointed
+    assert all(checkpoint["step"] == step for step, checkpoint in log if checkpoint is not None)  # snapshots
 
 
 def test_minutes_budget_stops_training(root):

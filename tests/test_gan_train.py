@@ -123,6 +123,25 @@ def test_resume_reproduces_an_uninterrupted_run(stage, stage1, tmp_path):
     assert torch.equal(whole["pl_mean"], parts["pl_mean"])
 
 
+def test_checkpoints_follow_the_wall_clock_interval(monkeypatch):
+    """A fake clock advanced a minute per report: ticks at iterations 2, 4, 6 see 0, 1, 2
+    minutes, so checkpoint_minutes=1.5 checkpoints at iteration 6, then at the end (8)."""
+    import trainables.runtime
+
+    now = [0.0]
+    monkeypatch.setattr(trainables.runtime, "clock", lambda: now[0])
+    log = []
+
+    def report(metrics, checkpoint=None):
+        log.append((metrics["iteration"], checkpoint))
+        now[0] += 60
+
+    train_gan_stage1(config(stage1_kimg=0.032, checkpoint_minutes=1.5, n_pictures=1), report)
+    assert [it for it, _ in log] == [2, 4, 6, 8]
+    assert [it for it, checkpoint in log if checkpoint is not None] == [6, 8]
+    assert log[2][1]["G"]["mapping.fcs.0.weight"].device.type == "cpu"
+
+
 def test_configs_and_user_errors(stage1, tmp_path):
     for preset in PRESETS:
         cfg = make_config(preset, {"category": CATEGORY})

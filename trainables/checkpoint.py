@@ -40,6 +40,31 @@ def persist(checkpoint: dict, folder: str | os.PathLike,
     return save_pictures(checkpoint["pictures"], Path(folder) / "pictures" if pictures_dir is None else pictures_dir)
 
 
+class BackgroundPersist:
+    """`persist` on a background thread, one write at a time, so training goes on meanwhile.
+
+    `submit` waits for the previous write (at most one checkpoint waits in memory), starts
+    this one and returns; `wait` blocks until it is written and returns its picture paths,
+    raising what the write raised. The checkpoint must not change after `submit`: hand over a
+    CPU snapshot (trainables.runtime.snapshot), as the trainers' reports do.
+    """
+
+    def __init__(self):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="persist")
+        self._pending = None
+
+    def submit(self, checkpoint: dict, folder: str | os.PathLike,
+               pictures_dir: str | os.PathLike | None = None) -> None:
+        self.wait()
+        self._pending = self._pool.submit(persist, checkpoint, folder, pictures_dir)
+
+    def wait(self) -> list[Path]:
+        pending, self._pending = self._pending, None
+        return pending.result() if pending is not None else []
+
+
 def load_checkpoint(directory: str | os.PathLike, map_location="cpu") -> dict:
     """Read a checkpoint written by `save_checkpoint` (a directory or the file itself)."""
     path = Path(directory)

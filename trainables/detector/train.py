@@ -3,8 +3,9 @@
 `train_detector(cfg, report)` trains R, D (and F in `grad` mode) on synthetic anomalies of
 one category, then evaluates the test split (image/pixel AUROC and AP, AUPRO@0.3) and
 renders anomaly maps. It talks to the outside only through `report(metrics, checkpoint)`:
-once per `report_every` epochs during training, and once more with the test metrics and
-`"final": 1`. Checkpoints hold every piece of state (nets, F, optimizer, step, training
+once per `report_every` epochs during training, with a checkpoint at the first report
+`checkpoint_minutes` after the last one, and once more with the test metrics, the final
+checkpoint and `"final": 1`. Checkpoints hold every piece of state (nets, F, optimizer, step, training
 seconds, RNG), and every batch is drawn from an RNG seeded by (seed, rank, step), so
 resuming reproduces an uninterrupted run bit for bit (without a `minutes` budget). The
 batches are synthesised in `loader_workers` processes ahead of the step (pipeline.py), or in
@@ -40,7 +41,7 @@ from trainables.detector.model import (DefectPredictor, EncoderFeatures, Reconst
 from trainables.detector.synthesis import AnomalySynthesizer, SynthesisParams, build_source_pool
 from trainables.device import pick_device
 from trainables.errors import UserInputError
-from trainables.runtime import agree, load_category_or_fail, rank_world
+from trainables.runtime import Interval, agree, load_category_or_fail, rank_world, snapshot
 
 Report = Callable[..., None]
 DF_DEFAULT_LAYERS = {"ae_encoder": (3, 4, 5), "vgg19": (1, 2, 3)}  # spec §4.3
@@ -106,7 +107,8 @@ class DetectorConfig:
     eval_reparam: bool = True              # evaluate D with its large kernels fused
     n_pictures: int = 6                    # test images in the anomaly-map picture
     report_every: int = 1                  # epochs between reports
-    checkpoint_every: int = 1              # reports between checkpoints; 0 = only the final one
+    checkpoint_minutes: float | None = 10.0  # at the first report this long after the last checkpoint;
+                                           # 0 = at every report, None = only the final one
 
     def validate(self) -> None:
         if not self.category:
@@ -136,6 +138,8 @@ class DetectorConfig:
                 raise UserInputError(f"{name}={value}: expected a positive integer")
         if self.loader_workers is not None and self.loader_workers < 0:
             raise UserInputError(f"loader_workers={self.loader_workers}: expected 0 (in line) or more processes")
+        if self.checkpoint_minutes is not None and self.checkpoint_minutes < 0:
+            raise UserInputError(f"checkpoint_minutes={self.checkpoint_minutes}: expected >= 0 (0 = every report)")
         if self.lr <= 0 or self.minutes is not None and self.minutes <= 0:
             raise UserInputError("lr and minutes: expected positive numbers")
         if any(not 0 < m < 1 for m in self.lr_milestones):
@@ -154,11 +158,11 @@ PRESETS: dict[str, dict] = {
     # (2·H−1 at 16, 8, 4, 2 px), a higher learning rate for a 5-minute budget.
     "small": {"img_size": 64, "r_base": 16, "d_base": 16, "lk_kernels": (31, 15, 7, 3),
               "lk_small_kernel": 5, "epochs": 200, "lr": 5e-4,
-              "report_every": 10, "checkpoint_every": 1, "n_pictures": 8},
+              "report_every": 10, "checkpoint_minutes": 0, "n_pictures": 8},
     # tests: seconds
     "tiny": {"img_size": 32, "r_base": 4, "d_base": 4, "lk_kernels": (7, 5, 3, 1), "lk_small_kernel": 3,
              "epochs": 2, "steps_per_epoch": 2, "batch_size": 4, "lr": 1e-3, "source_per_category": 2,
-             "eval_batch_size": 8, "n_pictures": 2},
+             "eval_batch_size": 8, "n_pictures": 2, "checkpoint_minutes": 0},
 }
 
 
@@ -226,8 +230,8 @@ _ARCHITECTURE = ("category", "img_size", "r_base", "d_base", "df", "df_update", 
 def train_detector(cfg: DetectorConfig, report: Report) -> dict:
     """Train and evaluate one category; returns the final metrics (also reported).
 
-    A checkpoint handed to `report` shares storage with the live weights: persist it (or
-    clone it) before returning, as the CLI and the Ray adapter do.
+    A checkpoint handed to `report` is a CPU copy of the state (runtime.snapshot): it can be
+    kept, or written after `report` returns.
     """
     device = pick_device(cfg.device)
     rank, world = rank_world()
@@ -259,14 +263,16 @@ def train_detector(cfg: DetectorConfig, report: Report) -> dict:
         info["texture_source"] = pool.origin  # "dtd" or "procedural"
 
     def state(final: bool) -> dict:
-        return {"nets": nets.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                "train_seconds": train_seconds, "rng": rng_state(), "config": to_flat(cfg), "final": int(final)}
+        # a CPU copy: the report callable may write it on another thread while training goes on
+        return snapshot({"nets": nets.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                         "train_seconds": train_seconds, "rng": rng_state(), "config": to_flat(cfg),
+                         "final": int(final)})
 
     nets.train()
     if F is not None and cfg.df_update == "copy":
         F.eval()  # F runs on R's copied BN statistics
     sums: dict[str, float] = {}
-    reports = 0
+    checkpoint_due = Interval(cfg.checkpoint_minutes, device)
     session_start, session_steps = time.perf_counter(), 0
     seconds_before = train_seconds
     # the batch of each step is a function of (seed, rank, step), made in line or by loader processes
@@ -294,9 +300,8 @@ def train_detector(cfg: DetectorConfig, report: Report) -> dict:
                 train_seconds = seconds_before + time.perf_counter() - session_start
                 metrics = _progress_metrics(cfg, sums, step, steps_per_epoch, world, train_seconds,
                                             session_steps / (time.perf_counter() - session_start), optimizer)
-                reports += 1
-                keep = rank == 0 and cfg.checkpoint_every and reports % cfg.checkpoint_every == 0
-                report({**metrics, **info}, state(False) if keep else None)
+                keep = checkpoint_due.due()  # on every rank (a collective); rank 0 saves
+                report({**metrics, **info}, state(False) if keep and rank == 0 else None)
                 sums = {}
     train_seconds = seconds_before + time.perf_counter() - session_start
     steps_per_s = session_steps / max(time.perf_counter() - session_start, 1e-9)

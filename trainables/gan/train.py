@@ -10,7 +10,9 @@ ADA's p update (spec §6.4). Every iteration seeds torch from (seed, rank, itera
 checkpoint holds G, G_ema, D, D_match, every optimiser, ADA p and its pending statistics, the
 path-length mean, the counters and the RNG: running the same config with `resume` set
 continues bit for bit (the reference loses the optimisers, ADA p and D_match on resume,
-DFMGAN issue #19). Runs stop at `stage{1,2}_kimg` or after `stage{1,2}_minutes` of training.
+DFMGAN issue #19). Runs stop at `stage{1,2}_kimg` or after `stage{1,2}_minutes` of training
+(every rank stops together); a checkpoint goes with the first tick report `checkpoint_minutes`
+after the last one, and with the final report.
 Plain Python with world size 1; with torch.distributed initialised, each rank draws its own
 batch share and gradients are averaged across ranks (as the reference does, instead of DDP,
 whose reducer does not cover the double-backward regularisers). Only rank 0 evaluates.
@@ -37,7 +39,7 @@ from trainables.gan.loss import DFMGANLoss
 from trainables.gan.metrics import compute_clustered_lpips, compute_kid
 from trainables.gan.networks import Discriminator, Generator
 from trainables.pictures import grid
-from trainables.runtime import agree, load_category_or_fail, rank_world
+from trainables.runtime import Interval, agree, load_category_or_fail, rank_world, snapshot
 
 Report = Callable[..., None]
 # fields that shape the networks: stage 2 must be built exactly like its stage 1 (spec §6.3)
@@ -97,7 +99,8 @@ class GanConfig:
     stage1_minutes: float | None = None    # wall-clock budget of stage 1; None = stage1_kimg only
     stage2_minutes: float | None = None
     tick_kimg: float = 4.0                 # one report per tick
-    checkpoint_ticks: int = 1              # reports between checkpoints; 0 = only the final one
+    checkpoint_minutes: float | None = 10.0  # at the first tick this long after the last checkpoint;
+                                           # 0 = at every tick, None = only the final one
     # generation and metrics (spec §7.5, §8)
     n_generate: int = 64                   # triplets written at the end of stage 2
     n_pictures: int = 16                   # samples in stage 1's grid and triplets in stage 2's
@@ -141,6 +144,8 @@ class GanConfig:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise UserInputError(f"{name}={value}: expected a positive number of minutes")
+        if self.checkpoint_minutes is not None and self.checkpoint_minutes < 0:
+            raise UserInputError(f"checkpoint_minutes={self.checkpoint_minutes}: expected >= 0 (0 = every tick)")
         if min(self.lambda_match, self.lambda_ms, self.augment_p, self.style_mixing, self.pl_weight) < 0:
             raise UserInputError("lambda_match, lambda_ms, augment_p, style_mixing, pl_weight: expected >= 0")
         if self.partition is not None and not 0 <= self.partition < self.partitions:
@@ -166,13 +171,14 @@ PRESETS: dict[str, dict] = {
     "small": {"resolution": 64, "z_dim": 128, "w_dim": 128, "channel_base": 2048, "channel_max": 128,
               "dmatch_channel_base": 512, "dmatch_channel_max": 32, "batch": 8, "lr": 0.01,
               "stage1_kimg": 25, "stage2_kimg": 15, "tick_kimg": 1.0, "ada_kimg": 100, "ada_kimg_stage2": 20,
-              "kid_gen": 1000, "clpips_gen": 200, "cls_per_type": 200, "cls_epochs": 10, "cls_img_size": 64},
+              "kid_gen": 1000, "clpips_gen": 200, "cls_per_type": 200, "cls_epochs": 10, "cls_img_size": 64,
+              "checkpoint_minutes": 0},
     # tests: seconds
     "tiny": {"resolution": 32, "z_dim": 32, "w_dim": 32, "channel_base": 256, "channel_max": 32,
              "dmatch_channel_base": 128, "dmatch_channel_max": 16, "batch": 4,
              "stage1_kimg": 0.016, "stage2_kimg": 0.016, "tick_kimg": 0.008, "ada_kimg": 1, "ada_kimg_stage2": 1,
              "n_generate": 8, "n_pictures": 4, "kid_gen": 16, "clpips_gen": 8, "cls_per_type": 8,
-             "cls_epochs": 1, "cls_batch": 8, "cls_img_size": 32, "partitions": 1},
+             "cls_epochs": 1, "cls_batch": 8, "cls_img_size": 32, "partitions": 1, "checkpoint_minutes": 0},
 }
 
 
@@ -351,10 +357,10 @@ def run(cfg: GanConfig, stage: int, report: Report, images: np.ndarray, masks: n
     def checkpoint(final: bool) -> dict:
         ckpt = {"stage": stage, "config": to_flat(cfg), "final": int(final), "G": G.state_dict(),
                 "G_ema": G_ema.state_dict(), "D": D.state_dict(), "opt_G": opt_G.state_dict(),
-                "opt_D": opt_D.state_dict(), "pl_mean": loss.pl_mean.detach().cpu(), "rng": rng_state(), **state}
+                "opt_D": opt_D.state_dict(), "pl_mean": loss.pl_mean, "rng": rng_state(), **state}
         if D_match is not None:
             ckpt.update(D_match=D_match.state_dict(), opt_Dm=opt_Dm.state_dict())
-        return ckpt
+        return snapshot(ckpt)  # a CPU copy: report may write it while training goes on
 
     def phase(opt, params, terms: dict) -> None:
         opt.zero_grad(set_to_none=True)
@@ -368,7 +374,8 @@ def run(cfg: GanConfig, stage: int, report: Report, images: np.ndarray, masks: n
             counts[name] += 1
 
     sums, counts = defaultdict(float), defaultdict(int)
-    n_reports, tick_began, tick_iterations = 0, time.perf_counter(), 0
+    tick_began, tick_iterations = time.perf_counter(), 0
+    checkpoint_due = Interval(cfg.checkpoint_minutes, device)
     began = time.perf_counter() - state["train_seconds"]
     done = finished()
     while not done:
@@ -414,8 +421,7 @@ def run(cfg: GanConfig, stage: int, report: Report, images: np.ndarray, masks: n
         tick_iterations += 1
         done = finished()
         if state["cur_nimg"] // tick_nimg != (state["cur_nimg"] - cfg.batch) // tick_nimg and not done:
-            n_reports += 1
-            save = rank == 0 and cfg.checkpoint_ticks > 0 and n_reports % cfg.checkpoint_ticks == 0
+            save = checkpoint_due.due() and rank == 0  # due() first: a collective on every rank
             report(progress(stage, state, len(reals), sums, counts, tick_iterations / (time.perf_counter() - tick_began)),
                    checkpoint(False) if save else None)
             sums, counts = defaultdict(float), defaultdict(int)
