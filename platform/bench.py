@@ -5,6 +5,9 @@ Runs the real trainers in this process on one embedded category for a short wall
 each (the detector, DFMGAN stage 1, stage 2 from that stage 1, and the classification
 protocol's ResNet-34), with `--threads` torch threads (1 is what a 1-CPU Ray trial gets), and
 prints a line per kind of step, then the figures as one JSON line, the last line of stdout.
+It also times the detector's input: anomaly synthesis alone (samples/s at the preset's size
+and at 256 px, the paper's) and the detector step with synthesis in line vs in loader
+processes (`loader_workers`, trainables/detector/pipeline.py).
 Not a test: it asserts nothing, it measures this machine.
 """
 
@@ -22,6 +25,7 @@ import torch
 from platform.cli import run_main
 from trainables.checkpoint import persist
 from trainables.data import EMBEDDED_CATEGORIES
+from trainables.detector.pipeline import default_workers
 from trainables.detector.train import make_config as detector_config, train_detector
 from trainables.device import pick_device
 from trainables.gan import make_config as gan_config, train_gan_stage1, train_gan_stage2
@@ -29,6 +33,7 @@ from trainables.gan.classify import train_and_test
 
 NEVER = 10 ** 9   # a step or tick count no benchmark reaches: the minute budget ends each run
 KINDS = ("detector", "gan_stage1", "gan_stage2", "classifier")   # the step kinds of platform/cost.py
+INPUT = ("synthesis", "pipeline")   # the detector's input: synthesis alone; steps in line vs in loader processes
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--seconds", type=float, default=30, help="training time per trainer (default: %(default)s)")
     parser.add_argument("--category", default="bolt", help="embedded category (default: %(default)s)")
-    parser.add_argument("--only", nargs="+", choices=KINDS, help="time only these kinds of step")
+    parser.add_argument("--only", nargs="+", choices=KINDS + INPUT, help="time only these")
     return parser
 
 
@@ -49,8 +54,8 @@ def main(argv=None) -> int:
     device = str(pick_device(args.device))
     minutes = args.seconds / 60
     common = {"category": args.category, "device": device}
-    kinds = set(args.only or KINDS)
-    figures = {}
+    kinds = set(args.only or KINDS + INPUT)
+    figures, extra = {}, {}
     with tempfile.TemporaryDirectory(prefix="bench-") as folder:
         if "detector" in kinds:
             cfg = detector_config(args.preset, {**common, "epochs": NEVER, "minutes": minutes,
@@ -71,11 +76,29 @@ def main(argv=None) -> int:
             figures["gan_stage2"] = _per_step(train_gan_stage2(cfg, _quiet), "iteration")
     if "classifier" in kinds:
         figures["classifier"] = _classifier_step(gan_config(args.preset, common), args.seconds, device)
+    if "synthesis" in kinds:
+        cfg = detector_config(args.preset, common)
+        extra["synthesis_samples_per_s"] = {str(size): _synthesis_rate(cfg, size, args.seconds / 2)
+                                            for size in sorted({cfg.img_size, 256})}
+    if "pipeline" in kinds:
+        by_workers = {}
+        for workers in (0, max(1, default_workers())):
+            cfg = detector_config(args.preset, {**common, "epochs": NEVER, "minutes": minutes, "report_every": NEVER,
+                                                "checkpoint_minutes": None, "n_pictures": 0,
+                                                "loader_workers": workers})
+            by_workers[str(workers)] = _per_step(train_detector(cfg, _quiet), "step")
+        extra["detector_s_per_step_by_loader_workers"] = by_workers
 
     threads = torch.get_num_threads()
     for kind, seconds in figures.items():
         print(f"{kind:<11} {args.preset} on {device}, {threads} thread(s): {seconds:.4f} s/step", file=sys.stderr)
-    print(json.dumps({"preset": args.preset, "device": device, "threads": threads, "s_per_step": figures}))
+    for size, rate in extra.get("synthesis_samples_per_s", {}).items():
+        print(f"synthesis  {size} px, 1 process: {rate:.1f} samples/s", file=sys.stderr)
+    for workers, seconds in extra.get("detector_s_per_step_by_loader_workers", {}).items():
+        where = "in line" if workers == "0" else f"{workers} loader process(es)"
+        print(f"detector   {args.preset} on {device}, {threads} thread(s), synthesis {where}: {seconds:.4f} s/step",
+              file=sys.stderr)
+    print(json.dumps({"preset": args.preset, "device": device, "threads": threads, "s_per_step": figures, **extra}))
     return 0
 
 
@@ -88,6 +111,24 @@ def _keep_final(folder: Path):
         if checkpoint is not None and metrics.get("final"):
             persist({k: v for k, v in checkpoint.items() if k != "pictures"}, folder)
     return report
+
+
+def _synthesis_rate(cfg, size: int, seconds: float) -> float:
+    """Samples per second of the detector's anomaly synthesis at size×size, in this process;
+    batches of the preset's size, the images decoded and foregrounds computed beforehand."""
+    from trainables.detector.synthesis import AnomalySynthesizer, build_source_pool
+    from trainables.detector.train import synthesis_params
+    from trainables.runtime import load_category_or_fail
+
+    root, data = load_category_or_fail(cfg.data, cfg.category, size)
+    pool = build_source_pool(cfg.anomaly_source, root, cfg.category, size, cfg.source_per_category, cfg.dtd_root,
+                             cfg.seed)
+    synth = AnomalySynthesizer(np.asarray(data.train), data.kind, pool, synthesis_params(cfg))
+    samples, began = 0, time.perf_counter()
+    while samples == 0 or time.perf_counter() - began < seconds:
+        synth.batch(np.random.default_rng([cfg.seed, 0, samples]), cfg.batch_size)
+        samples += cfg.batch_size
+    return round(samples / (time.perf_counter() - began), 2)
 
 
 def _per_step(metrics: dict, counter: str) -> float:
