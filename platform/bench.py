@@ -82,7 +82,7 @@ def main(argv=None) -> int:
                                             for size in sorted({cfg.img_size, 256})}
     if "pipeline" in kinds:
         by_workers = {}
-        for workers in (0, max(1, default_workers())):
+        for workers in (0, max(1, default_workers("cuda"))):  # what an accelerator rank would get, at least 1
             cfg = detector_config(args.preset, {**common, "epochs": NEVER, "minutes": minutes, "report_every": NEVER,
                                                 "checkpoint_minutes": None, "n_pictures": 0,
                                                 "loader_workers": workers})

@@ -137,3 +137,13 @@ def test_pipeline_closed_early_ends_its_workers():
     assert len(multiprocessing.active_children()) >= 2
     stream.close()
     assert not [p for p in multiprocessing.active_children() if p.is_alive()]
+
+
+def test_default_loader_workers_follow_the_device_and_the_trials_cpus(monkeypatch):
+    import trainables.detector.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline.os, "sched_getaffinity", lambda pid: set(range(16)))  # a node's CPUs
+    for threads, workers in [(1, 0), (3, 2), (8, 4)]:                                  # the trial's CPUs
+        monkeypatch.setattr(pipeline.torch, "get_num_threads", lambda: threads)
+        assert pipeline.default_workers("cuda:0") == workers, threads
+        assert pipeline.default_workers("cpu") == 0

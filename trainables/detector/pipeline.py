@@ -68,12 +68,16 @@ def batches(synth: AnomalySynthesizer, seed: int, rank: int, batch_size: int, st
         del iterator  # the last reference: its workers end now, not when the generator is collected
 
 
-def default_workers() -> int:
-    """Loader processes for this process's CPUs: one CPU stays with the training thread, at most 4.
+def default_workers(device: torch.device | str) -> int:
+    """Loader processes for a rank on `device`: on an accelerator one per CPU but the training
+    thread's, at most 4; on a CPU none (in line), since torch's threads already use every CPU
+    of the trial and synthesis costs a few per cent of a CPU step (`python -m platform.bench`).
 
-    The CPUs are the fewer of the affinity mask and torch's thread count (Ray sets the latter
-    from the trial's CPU resources while the mask spans the node).
+    The trial's CPUs are the fewer of the affinity mask and torch's thread count (Ray sets the
+    latter from the trial's CPU resources while the mask spans the node).
     """
+    if torch.device(device).type == "cpu":
+        return 0
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux

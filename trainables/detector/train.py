@@ -99,7 +99,7 @@ class DetectorConfig:
     lr_milestones: tuple[float, ...] = (4 / 7, 6 / 7)   # fractions of training (400/700, 600/700)
     lr_gamma: float = 0.1
     minutes: float | None = None           # wall-clock training budget; None = all epochs
-    loader_workers: int | None = None      # synthesis processes per rank; None = from the CPUs, 0 = in line
+    loader_workers: int | None = None      # synthesis processes per rank; None = from device and CPUs, 0 = in line
     # evaluation and reporting
     score_kernel: int = 21                 # image score = max of the k×k mean-filtered map at 256 px; scaled
     aupro_limit: float = 0.3
@@ -256,7 +256,7 @@ def train_detector(cfg: DetectorConfig, report: Report) -> dict:
     steps_per_epoch = cfg.steps_per_epoch or math.ceil(len(data.train) / (cfg.batch_size * world))
     total_steps = cfg.epochs * steps_per_epoch
     budget = cfg.minutes * 60 if cfg.minutes else None
-    workers = default_workers() if cfg.loader_workers is None else cfg.loader_workers
+    workers = default_workers(device) if cfg.loader_workers is None else cfg.loader_workers
     info = {"category": cfg.category, "dataset": root.dataset, "anomaly_source": cfg.anomaly_source,
             "leaky": cfg.leaky, "loader_workers": workers}
     if cfg.anomaly_source == "dtd":
