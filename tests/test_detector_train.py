@@ -197,3 +197,37 @@ def test_vgg19_features_load_from_a_provisioned_weight_file(root, tmp_path, monk
     nets = log[-1][1]["nets"]
     assert torch.equal(nets["F.features.10.weight"], features[10].weight)  # frozen in copy mode
     assert not any(k.startswith("F.encoder") for k in nets)
+
+
+def _ddp_worker(rank: int, world_size: int, root: str, folder: str, port: int) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        log = []
+        train_detector(tiny(Path(root), epochs=2, steps_per_epoch=2, loader_workers=1, lk=False),
+                       cloning_report(log))
+        torch.save({"checkpoints": sum(c is not None for _, c in log), "steps": [m["step"] for m, _ in log],
+                    "loader_workers": log[-1][0]["loader_workers"]}, Path(folder) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_with_loader_processes_stay_in_sync(root, tmp_path):
+    """World size 2 (gloo, DDP): each rank's batches come from its own loader process (forked
+    after the process group started); both report equally often, only rank 0 checkpoints."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(2, str(root), str(tmp_path), port), nprocs=2, join=True)
+    rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    assert rank0["steps"] == rank1["steps"] == [2, 4] and rank0["loader_workers"] == rank1["loader_workers"] == 1
+    assert rank0["checkpoints"] == 2 and rank1["checkpoints"] == 0
