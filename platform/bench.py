@@ -8,6 +8,9 @@ prints a line per kind of step, then the figures as one JSON line, the last line
 With `--draem-src DIR` (a checkout of DRAEM's official code, imported from there, never copied
 into this repo) it also times one detector step with df and lk off on our R and D and on
 DRAEM's `model_unet.py` networks, side by side (`detector_vs_draem`).
+It also times the detector's input: anomaly synthesis alone (samples/s at the preset's size
+and at 256 px, the paper's) and the detector step with synthesis in line vs in loader
+processes (`loader_workers`, trainables/detector/pipeline.py).
 Not a test: it asserts nothing, it measures this machine.
 """
 
@@ -25,10 +28,11 @@ import numpy as np
 import torch
 
 from platform.cli import run_main
-from trainables.checkpoint import save_checkpoint
+from trainables.checkpoint import persist
 from trainables.config import parse_overrides
 from trainables.data import EMBEDDED_CATEGORIES
 from trainables.detector.model import draem_init
+from trainables.detector.pipeline import default_workers
 from trainables.detector.train import (_train_step, build_loss, build_networks, make_config as detector_config,
                                        train_detector)
 from trainables.device import pick_device
@@ -39,6 +43,7 @@ from trainables.gan.classify import train_and_test
 NEVER = 10 ** 9   # a step or tick count no benchmark reaches: the minute budget ends each run
 KINDS = ("detector", "gan_stage1", "gan_stage2", "classifier")   # the step kinds of platform/cost.py
 VS_DRAEM = "detector_vs_draem"   # needs --draem-src; not a cost-model kind
+INPUT = ("synthesis", "pipeline")   # the detector's input: synthesis alone; steps in line vs in loader processes
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--seconds", type=float, default=30, help="training time per trainer (default: %(default)s)")
     parser.add_argument("--category", default="bolt", help="embedded category (default: %(default)s)")
-    parser.add_argument("--only", nargs="+", choices=KINDS + (VS_DRAEM,), help="time only these kinds of step")
+    parser.add_argument("--only", nargs="+", choices=KINDS + INPUT + (VS_DRAEM,), help="time only these")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override one detector config field (e.g. r_base=32); repeatable")
     parser.add_argument("--draem-src", type=Path, metavar="DIR",
@@ -64,38 +69,56 @@ def main(argv=None) -> int:
     minutes = args.seconds / 60
     common = {"category": args.category, "device": device}
     detector_extra = parse_overrides(args.set)
-    kinds = set(args.only or KINDS + ((VS_DRAEM,) if args.draem_src else ()))
+    kinds = set(args.only or KINDS + INPUT + ((VS_DRAEM,) if args.draem_src else ()))
     if VS_DRAEM in kinds and args.draem_src is None:
         raise UserInputError(f"--only {VS_DRAEM}: needs --draem-src DIR (a checkout of github.com/VitjanZ/DRAEM)")
-    figures, comparison = {}, None
+    figures, extra, comparison = {}, {}, None
     if VS_DRAEM in kinds:
         cfg = detector_config(args.preset, {**common, **detector_extra, "df": False, "lk": False})
         comparison = _draem_comparison(cfg, _load_draem(args.draem_src), args.seconds, device)
     with tempfile.TemporaryDirectory(prefix="bench-") as folder:
         if "detector" in kinds:
             cfg = detector_config(args.preset, {**common, **detector_extra, "epochs": NEVER, "minutes": minutes,
-                                                "report_every": NEVER, "checkpoint_every": 0, "n_pictures": 0})
+                                                "report_every": NEVER, "checkpoint_minutes": None, "n_pictures": 0})
             figures["detector"] = _per_step(train_detector(cfg, _quiet), "step")
         stage1 = Path(folder) / "stage1"
         if kinds & {"gan_stage1", "gan_stage2"}:   # stage 2 starts from this stage 1
             cfg = gan_config(args.preset, {**common, "stage1_kimg": NEVER, "stage1_minutes": minutes,
-                                           "tick_kimg": NEVER, "checkpoint_ticks": 0})
+                                           "tick_kimg": NEVER, "checkpoint_minutes": None})
             per_step = _per_step(train_gan_stage1(cfg, _keep_final(stage1)), "iteration")
             if "gan_stage1" in kinds:
                 figures["gan_stage1"] = per_step
         if "gan_stage2" in kinds:
             defect = EMBEDDED_CATEGORIES[args.category][1][0]
             cfg = gan_config(args.preset, {**common, "defect": defect, "stage1": str(stage1), "stage2_kimg": NEVER,
-                                           "stage2_minutes": minutes, "tick_kimg": NEVER, "checkpoint_ticks": 0,
+                                           "stage2_minutes": minutes, "tick_kimg": NEVER, "checkpoint_minutes": None,
                                            "n_generate": 4, "n_pictures": 4, "kid_gen": 4, "clpips_gen": 4})
             figures["gan_stage2"] = _per_step(train_gan_stage2(cfg, _quiet), "iteration")
     if "classifier" in kinds:
         figures["classifier"] = _classifier_step(gan_config(args.preset, common), args.seconds, device)
+    if "synthesis" in kinds:
+        cfg = detector_config(args.preset, common)
+        extra["synthesis_samples_per_s"] = {str(size): _synthesis_rate(cfg, size, args.seconds / 2)
+                                            for size in sorted({cfg.img_size, 256})}
+    if "pipeline" in kinds:
+        by_workers = {}
+        for workers in (0, max(1, default_workers("cuda"))):  # what an accelerator rank would get, at least 1
+            cfg = detector_config(args.preset, {**common, "epochs": NEVER, "minutes": minutes, "report_every": NEVER,
+                                                "checkpoint_minutes": None, "n_pictures": 0,
+                                                "loader_workers": workers})
+            by_workers[str(workers)] = _per_step(train_detector(cfg, _quiet), "step")
+        extra["detector_s_per_step_by_loader_workers"] = by_workers
 
     threads = torch.get_num_threads()
     for kind, seconds in figures.items():
         print(f"{kind:<11} {args.preset} on {device}, {threads} thread(s): {seconds:.4f} s/step", file=sys.stderr)
-    out = {"preset": args.preset, "device": device, "threads": threads, "s_per_step": figures}
+    for size, rate in extra.get("synthesis_samples_per_s", {}).items():
+        print(f"synthesis  {size} px, 1 process: {rate:.1f} samples/s", file=sys.stderr)
+    for workers, seconds in extra.get("detector_s_per_step_by_loader_workers", {}).items():
+        where = "in line" if workers == "0" else f"{workers} loader process(es)"
+        print(f"detector   {args.preset} on {device}, {threads} thread(s), synthesis {where}: {seconds:.4f} s/step",
+              file=sys.stderr)
+    out = {"preset": args.preset, "device": device, "threads": threads, "s_per_step": figures, **extra}
     if comparison is not None:
         c = comparison
         print(f"{VS_DRAEM} {c['img_size']} px, batch {c['batch_size']}, widths {c['r_base']}/{c['d_base']}, "
@@ -114,8 +137,26 @@ def _quiet(metrics: dict, checkpoint: dict | None = None) -> None:
 def _keep_final(folder: Path):
     def report(metrics: dict, checkpoint: dict | None = None) -> None:
         if checkpoint is not None and metrics.get("final"):
-            save_checkpoint(folder, {k: v for k, v in checkpoint.items() if k != "pictures"})
+            persist({k: v for k, v in checkpoint.items() if k != "pictures"}, folder)
     return report
+
+
+def _synthesis_rate(cfg, size: int, seconds: float) -> float:
+    """Samples per second of the detector's anomaly synthesis at size×size, in this process;
+    batches of the preset's size, the images decoded and foregrounds computed beforehand."""
+    from trainables.detector.synthesis import AnomalySynthesizer, build_source_pool
+    from trainables.detector.train import synthesis_params
+    from trainables.runtime import load_category_or_fail
+
+    root, data = load_category_or_fail(cfg.data, cfg.category, size)
+    pool = build_source_pool(cfg.anomaly_source, root, cfg.category, size, cfg.source_per_category, cfg.dtd_root,
+                             cfg.seed)
+    synth = AnomalySynthesizer(np.asarray(data.train), data.kind, pool, synthesis_params(cfg))
+    samples, began = 0, time.perf_counter()
+    while samples == 0 or time.perf_counter() - began < seconds:
+        synth.batch(np.random.default_rng([cfg.seed, 0, samples]), cfg.batch_size)
+        samples += cfg.batch_size
+    return round(samples / (time.perf_counter() - began), 2)
 
 
 def _per_step(metrics: dict, counter: str) -> float:
@@ -150,6 +191,7 @@ def _draem_comparison(cfg, unet, seconds: float, device: str) -> dict:
     N, S = cfg.batch_size, cfg.img_size
     batch = {"I": rng.random((N, 3, S, S), dtype=np.float32), "I_a": rng.random((N, 3, S, S), dtype=np.float32),
              "M": (rng.random((N, 1, S, S)) > 0.9).astype(np.float32)}
+    batch = {k: torch.from_numpy(v) for k, v in batch.items()}  # as the input pipeline hands them over
     loss_fn = build_loss(cfg)
     steps, times = {}, {name: [] for name in pairs}
     for name, (R, D) in pairs.items():

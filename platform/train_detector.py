@@ -11,10 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-from trainables.checkpoint import load_checkpoint, save_checkpoint
+from trainables.checkpoint import BackgroundPersist, load_checkpoint
 from trainables.config import parse_overrides, to_flat
 from trainables.detector.train import make_config, train_detector
-from trainables.pictures import save_pictures
 
 
 def main(args) -> int:
@@ -35,19 +34,23 @@ def main(args) -> int:
           file=sys.stderr)
     started = time.perf_counter()
 
+    writer = BackgroundPersist()  # checkpoints are CPU snapshots: written while training goes on
+
     def report(metrics: dict, checkpoint: dict | None = None) -> None:
         if checkpoint is not None:
-            pictures = checkpoint.get("pictures")
-            save_checkpoint(out / "checkpoint", checkpoint)
-            if pictures:
-                for path in save_pictures(pictures, out / "pictures"):
-                    print(f"wrote {path}", file=sys.stderr)
+            writer.submit(checkpoint, out / "checkpoint", out / "pictures")
+        if metrics.get("final"):
+            for path in writer.wait():
+                print(f"wrote {path}", file=sys.stderr)
         losses = " ".join(f"{k[5:]}={v:.4f}" for k, v in metrics.items() if k.startswith("loss/"))
         print(f"epoch {metrics['epoch']:.1f} step {metrics['step']} kimg {metrics['kimg']:.1f} "
               f"lr {metrics['lr']:.1e} {losses} {metrics['steps_per_s']:.2f} steps/s "
               f"train {metrics['train_seconds']:.0f}s wall {time.perf_counter() - started:.0f}s", file=sys.stderr)
 
-    metrics = train_detector(cfg, report)
+    try:
+        metrics = train_detector(cfg, report)
+    finally:
+        writer.wait()
     metrics["wall_seconds"] = round(time.perf_counter() - started, 1)
     print(json.dumps(metrics))
     return 0

@@ -13,10 +13,9 @@ import sys
 import time
 from pathlib import Path
 
-from trainables.checkpoint import load_checkpoint, save_checkpoint
+from trainables.checkpoint import BackgroundPersist, load_checkpoint
 from trainables.config import parse_overrides, to_flat
 from trainables.gan import make_config, train_gan_stage1, train_gan_stage2
-from trainables.pictures import save_pictures
 
 # config fields that only stage 2 reads: changing them keeps a finished stage 1 reusable
 STAGE2_ONLY = ("defect", "resume", "stage1", "lambda_ms", "lambda_match", "n_generate", "stage2_minutes",
@@ -68,12 +67,16 @@ def _same_stage1(saved: dict, wanted: dict) -> bool:
 
 
 def _reporter(out: Path, folder: Path, started: float):
+    """Checkpoints are CPU snapshots: written on a background thread while training goes on; the
+    final one is waited for (stage 2 reads stage 1's, and the pictures are listed)."""
+    writer = BackgroundPersist()
+
     def report(metrics: dict, checkpoint: dict | None = None) -> None:
         if checkpoint is not None:
-            pictures = checkpoint.get("pictures")
-            save_checkpoint(folder, checkpoint)
-            if pictures:
-                paths = save_pictures(pictures, out / "pictures")
+            writer.submit(checkpoint, folder, out / "pictures")
+        if metrics.get("final"):
+            paths = writer.wait()
+            if paths:
                 grids = [p for p in paths if "grid" in p.stem or "samples" in p.stem]
                 print(f"wrote {len(paths)} pictures to {out / 'pictures'} ({', '.join(map(str, grids))})",
                       file=sys.stderr)

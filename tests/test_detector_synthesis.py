@@ -107,3 +107,43 @@ def test_dtd_source_falls_back_to_procedural_and_bad_sources_are_user_errors(tmp
     assert pool.origin == "procedural" and pool.images.shape[1:] == (32, 32, 3)
     with pytest.raises(UserInputError, match="anomaly_source='imagenet'"):
         build_source_pool("imagenet", root, "disc", 32)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_pipeline_batches_equal_the_in_line_synthesis_of_each_seed_rank_step(workers):
+    """Loader processes interleave steps (worker w makes every W-th), yet step s's batch is
+    exactly synth.batch(default_rng([seed, rank, s])): resume and the in-line path agree."""
+    from trainables.detector.pipeline import batches
+
+    synth = AnomalySynthesizer(disc_images(4, 32), "object", pool_of(disc_images(2, 32)), SynthesisParams())
+    seed, rank, start, stop = 5, 1, 3, 10
+    made = list(batches(synth, seed, rank, 3, start, stop, workers=workers))
+    assert [int(b["step"]) for b in made] == list(range(start, stop))
+    for step, batch in zip(range(start, stop), made):
+        expected = synth.batch(np.random.default_rng([seed, rank, step]), 3)
+        assert all(np.array_equal(batch[k].numpy(), expected[k]) for k in expected), step
+    other_rank = next(batches(synth, seed, 0, 3, start, stop, workers=workers))
+    assert not np.array_equal(other_rank["I_a"].numpy(), made[0]["I_a"].numpy())
+
+
+def test_pipeline_closed_early_ends_its_workers():
+    import multiprocessing
+
+    from trainables.detector.pipeline import batches
+
+    synth = AnomalySynthesizer(disc_images(4, 32), "texture", pool_of(disc_images(2, 32)), SynthesisParams())
+    stream = batches(synth, 0, 0, 2, 0, 1000, workers=2)
+    next(stream)
+    assert len(multiprocessing.active_children()) >= 2
+    stream.close()
+    assert not [p for p in multiprocessing.active_children() if p.is_alive()]
+
+
+def test_default_loader_workers_follow_the_device_and_the_trials_cpus(monkeypatch):
+    import trainables.detector.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline.os, "sched_getaffinity", lambda pid: set(range(16)))  # a node's CPUs
+    for threads, workers in [(1, 0), (3, 2), (8, 4)]:                                  # the trial's CPUs
+        monkeypatch.setattr(pipeline.torch, "get_num_threads", lambda: threads)
+        assert pipeline.default_workers("cuda:0") == workers, threads
+        assert pipeline.default_workers("cpu") == 0

@@ -66,7 +66,7 @@ def test_grad_mode_trains_F_on_its_own(root):
 
 def test_loss_decreases_over_a_tiny_run(root):
     log = []
-    train_detector(tiny(root, epochs=12, steps_per_epoch=3, checkpoint_every=0, lk=False), cloning_report(log))
+    train_detector(tiny(root, epochs=12, steps_per_epoch=3, checkpoint_minutes=None, lk=False), cloning_report(log))
     totals = [m["loss/total"] for m, _ in log]
     assert totals[-1] < 0.7 * totals[0], totals
     final = log[-1][0]
@@ -78,15 +78,20 @@ def test_loss_decreases_over_a_tiny_run(root):
     assert picture.dtype == torch.uint8 and picture.shape[-1] == 3
 
 
-def test_resume_from_a_mid_run_checkpoint_matches_an_uninterrupted_run(root, tmp_path):
-    cfg = tiny(root, epochs=4, steps_per_epoch=2, df_update="copy", lk=True)
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_from_a_mid_run_checkpoint_matches_an_uninterrupted_run(root, tmp_path, workers):
+    """In line (0) and with synthesis in loader processes resumed mid-run: the uninterrupted
+    run synthesises in line either way, so the pipeline must also reproduce its batches."""
+    cfg = tiny(root, epochs=4, steps_per_epoch=2, df_update="copy", lk=True, loader_workers=0)
     full = []
     train_detector(cfg, cloning_report(full))
     middle = full[1][1]  # after epoch 2 of 4
     assert middle["step"] == 4 and middle["final"] == 0
     save_checkpoint(tmp_path / "mid", middle)
     resumed = []
-    train_detector(make_config("tiny", {**to_flat(cfg), "resume": str(tmp_path / "mid")}), cloning_report(resumed))
+    train_detector(make_config("tiny", {**to_flat(cfg), "loader_workers": workers, "resume": str(tmp_path / "mid")}),
+                   cloning_report(resumed))
+    assert resumed[-1][0]["loader_workers"] == workers
     a, b = full[-1][1], resumed[-1][1]
     assert a["step"] == b["step"] == 8
     assert a["nets"].keys() == b["nets"].keys()
@@ -100,6 +105,27 @@ def test_resume_refuses_a_checkpoint_of_another_architecture(root, tmp_path):
     save_checkpoint(tmp_path, log[-1][1])
     with pytest.raises(UserInputError, match="different \\['lk'\\]"):
         train_detector(tiny(root, lk=False, resume=str(tmp_path)), cloning_report([]))
+
+
+@pytest.mark.parametrize("minutes, checkpointed", [(2.5, [4, 7, 8]), (0, list(range(1, 9))), (None, [8])])
+def test_checkpoints_follow_the_wall_clock_interval(root, monkeypatch, minutes, checkpointed):
+    """A fake clock advanced a minute per report: with checkpoint_minutes=2.5 the reports at
+    0, 1, 2, 3 minutes pass the first checkpoint at step 4 (3 min), the next at step 7; the
+    final report always carries one."""
+    import trainables.runtime
+
+    now = [0.0]
+    monkeypatch.setattr(trainables.runtime, "clock", lambda: now[0])
+    log = []
+
+    def report(metrics, checkpoint=None):
+        log.append((metrics["step"], checkpoint))
+        now[0] += 60
+
+    train_detector(tiny(root, epochs=8, steps_per_epoch=1, checkpoint_minutes=minutes), report)
+    assert [step for step, _ in log] == list(range(1, 9))
+    assert [step for step, checkpoint in log if checkpoint is not None] == checkpointed
+    assert all(checkpoint["step"] == step for step, checkpoint in log if checkpoint is not None)  # snapshots
 
 
 def test_minutes_budget_stops_training(root):
@@ -171,3 +197,37 @@ def test_vgg19_features_load_from_a_provisioned_weight_file(root, tmp_path, monk
     nets = log[-1][1]["nets"]
     assert torch.equal(nets["F.features.10.weight"], features[10].weight)  # frozen in copy mode
     assert not any(k.startswith("F.encoder") for k in nets)
+
+
+def _ddp_worker(rank: int, world_size: int, root: str, folder: str, port: int) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        log = []
+        train_detector(tiny(Path(root), epochs=2, steps_per_epoch=2, loader_workers=1, lk=False),
+                       cloning_report(log))
+        torch.save({"checkpoints": sum(c is not None for _, c in log), "steps": [m["step"] for m, _ in log],
+                    "loader_workers": log[-1][0]["loader_workers"]}, Path(folder) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_with_loader_processes_stay_in_sync(root, tmp_path):
+    """World size 2 (gloo, DDP): each rank's batches come from its own loader process (forked
+    after the process group started); both report equally often, only rank 0 checkpoints."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(2, str(root), str(tmp_path), port), nprocs=2, join=True)
+    rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    assert rank0["steps"] == rank1["steps"] == [2, 4] and rank0["loader_workers"] == rank1["loader_workers"] == 1
+    assert rank0["checkpoints"] == 2 and rank1["checkpoints"] == 0

@@ -123,6 +123,25 @@ def test_resume_reproduces_an_uninterrupted_run(stage, stage1, tmp_path):
     assert torch.equal(whole["pl_mean"], parts["pl_mean"])
 
 
+def test_checkpoints_follow_the_wall_clock_interval(monkeypatch):
+    """A fake clock advanced a minute per report: ticks at iterations 2, 4, 6 see 0, 1, 2
+    minutes, so checkpoint_minutes=1.5 checkpoints at iteration 6, then at the end (8)."""
+    import trainables.runtime
+
+    now = [0.0]
+    monkeypatch.setattr(trainables.runtime, "clock", lambda: now[0])
+    log = []
+
+    def report(metrics, checkpoint=None):
+        log.append((metrics["iteration"], checkpoint))
+        now[0] += 60
+
+    train_gan_stage1(config(stage1_kimg=0.032, checkpoint_minutes=1.5, n_pictures=1), report)
+    assert [it for it, _ in log] == [2, 4, 6, 8]
+    assert [it for it, checkpoint in log if checkpoint is not None] == [6, 8]
+    assert log[2][1]["G"]["mapping.fcs.0.weight"].device.type == "cpu"
+
+
 def test_configs_and_user_errors(stage1, tmp_path):
     for preset in PRESETS:
         cfg = make_config(preset, {"category": CATEGORY})
@@ -222,3 +241,49 @@ def test_two_ranks_stay_in_sync(tmp_path):
     assert len(weights) > 50 and all(rank0["G_ema"][k] == rank1["G_ema"][k] for k in weights)
     assert rank0["n_reports"] == rank1["n_reports"] == 3 and rank1["checkpoints"] == 0
     assert load_checkpoint(tmp_path / "ckpt")["iteration"] == 3
+
+
+def _budget_worker(rank: int, world_size: int, folder: str, port: int) -> None:
+    import os
+    import time
+
+    import torch.distributed as dist
+
+    from trainables.gan.train import load_images, run
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        cfg = config(batch=8, stage1_kimg=1000, stage1_minutes=0.05, tick_kimg=0.008)
+
+        def report(metrics, checkpoint=None):
+            if rank == 1:
+                time.sleep(0.4)  # rank 1's clock runs ahead of rank 0's
+
+        metrics, _ = run(cfg, 1, report, load_images(cfg, 1)[0], evaluate=False)
+        torch.save({"iteration": metrics["iteration"]}, Path(folder) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_with_different_clocks_stop_together_at_the_minute_budget(tmp_path):
+    """Each rank's clock says something else; a rank leaving on its own would leave the other
+    waiting in the gradient all-reduce (a hang), so the ranks agree and stop at one iteration."""
+    import socket
+    import time
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    context = mp.spawn(_budget_worker, args=(2, str(tmp_path), port), nprocs=2, join=False)
+    deadline = time.monotonic() + 240
+    while not context.join(timeout=5):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.terminate()
+            pytest.fail("the ranks did not finish: one is waiting for the other")
+    iterations = [torch.load(tmp_path / f"rank{rank}.pt")["iteration"] for rank in (0, 1)]
+    assert iterations[0] == iterations[1] >= 1

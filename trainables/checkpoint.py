@@ -1,8 +1,10 @@
 """Checkpoint files: atomic `torch.save` of tensors and plain containers, loaded with
 `weights_only=True`, plus capture/restore of every RNG a training loop draws from.
 
-A checkpoint is a dict; trainers decide its keys. This module knows nothing of Ray: the
-Ray adapters wrap the directory a checkpoint lives in.
+A checkpoint is a dict; trainers decide its keys. `persist` is what every consumer of a
+trainer's `report` does with one (the CLIs, the Ray adapter, the benchmark): the file, plus
+its "pictures" as PNGs. This module knows nothing of Ray: the Ray adapters wrap the
+directory a checkpoint lives in.
 """
 
 import os
@@ -24,6 +26,43 @@ def save_checkpoint(directory: str | os.PathLike, state: dict) -> Path:
     torch.save(state, tmp)
     os.replace(tmp, path)
     return path
+
+
+def persist(checkpoint: dict, folder: str | os.PathLike,
+            pictures_dir: str | os.PathLike | None = None) -> list[Path]:
+    """`save_checkpoint(folder, checkpoint)`, then each of the dict's "pictures" (if any) as
+    `<pictures_dir>/<stem>.png` (default `<folder>/pictures`); returns the pictures' paths."""
+    from trainables.pictures import save_pictures
+
+    save_checkpoint(folder, checkpoint)
+    if not checkpoint.get("pictures"):
+        return []
+    return save_pictures(checkpoint["pictures"], Path(folder) / "pictures" if pictures_dir is None else pictures_dir)
+
+
+class BackgroundPersist:
+    """`persist` on a background thread, one write at a time, so training goes on meanwhile.
+
+    `submit` waits for the previous write (at most one checkpoint waits in memory), starts
+    this one and returns; `wait` blocks until it is written and returns its picture paths,
+    raising what the write raised. The checkpoint must not change after `submit`: hand over a
+    CPU snapshot (trainables.runtime.snapshot), as the trainers' reports do.
+    """
+
+    def __init__(self):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="persist")
+        self._pending = None
+
+    def submit(self, checkpoint: dict, folder: str | os.PathLike,
+               pictures_dir: str | os.PathLike | None = None) -> None:
+        self.wait()
+        self._pending = self._pool.submit(persist, checkpoint, folder, pictures_dir)
+
+    def wait(self) -> list[Path]:
+        pending, self._pending = self._pending, None
+        return pending.result() if pending is not None else []
 
 
 def load_checkpoint(directory: str | os.PathLike, map_location="cpu") -> dict:

@@ -38,10 +38,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from trainables.checkpoint import save_checkpoint
+from trainables.checkpoint import persist
 from trainables.errors import UserInputError
 from trainables.methods import load_entry, make_trial_config
-from trainables.pictures import save_pictures
 
 USER_ERROR = "user_error"   # a report with this key: the trial failed on bad input (no retry)
 REPORT_FILE = "report.json"  # in a checkpoint folder: the index of the report that saved it
@@ -172,9 +171,7 @@ def _quiet_checkpoint_logs() -> None:
 
 
 def _persist(checkpoint: dict, folder: str, report_index: int) -> None:
-    save_checkpoint(folder, checkpoint)
-    if checkpoint.get("pictures"):
-        save_pictures(checkpoint["pictures"], Path(folder) / "pictures")
+    persist(checkpoint, folder)
     (Path(folder) / REPORT_FILE).write_text(json.dumps({"report_index": report_index}))
 
 

@@ -62,6 +62,7 @@ class DetectorConfig:
     lr_milestones: tuple[float, ...] = (4 / 7, 6 / 7)   # fractions of training (400/700, 600/700)
     lr_gamma: float = 0.1
     minutes: float | None = None           # wall-clock training budget; None = all epochs
+    loader_workers: int | None = None      # synthesis processes per rank; None = from device and CPUs, 0 = in line
     # evaluation and reporting
     score_kernel: int = 21                 # image score = max of the k×k mean-filtered map at 256 px; scaled
     aupro_limit: float = 0.3
@@ -69,7 +70,8 @@ class DetectorConfig:
     eval_reparam: bool = True              # evaluate D with its large kernels fused
     n_pictures: int = 6                    # test images in the anomaly-map picture
     report_every: int = 1                  # epochs between reports
-    checkpoint_every: int = 1              # reports between checkpoints; 0 = only the final one
+    checkpoint_minutes: float | None = 10.0  # at the first report this long after the last checkpoint;
+                                           # 0 = at every report, None = only the final one
 
     def validate(self) -> None:
         if not self.category:
@@ -97,6 +99,10 @@ class DetectorConfig:
         for name, value in positive.items():
             if value < 1:
                 raise UserInputError(f"{name}={value}: expected a positive integer")
+        if self.loader_workers is not None and self.loader_workers < 0:
+            raise UserInputError(f"loader_workers={self.loader_workers}: expected 0 (in line) or more processes")
+        if self.checkpoint_minutes is not None and self.checkpoint_minutes < 0:
+            raise UserInputError(f"checkpoint_minutes={self.checkpoint_minutes}: expected >= 0 (0 = every report)")
         if self.lr <= 0 or self.minutes is not None and self.minutes <= 0:
             raise UserInputError("lr and minutes: expected positive numbers")
         if any(not 0 < m < 1 for m in self.lr_milestones):
@@ -115,11 +121,11 @@ PRESETS: dict[str, dict] = {
     # (2·H−1 at 16, 8, 4, 2 px), a higher learning rate for a 5-minute budget.
     "small": {"img_size": 64, "r_base": 16, "d_base": 16, "lk_kernels": (31, 15, 7, 3),
               "lk_small_kernel": 5, "epochs": 200, "lr": 5e-4,
-              "report_every": 10, "checkpoint_every": 1, "n_pictures": 8},
+              "report_every": 10, "checkpoint_minutes": 0, "n_pictures": 8},
     # tests: seconds
     "tiny": {"img_size": 32, "r_base": 4, "d_base": 4, "lk_kernels": (7, 5, 3, 1), "lk_small_kernel": 3,
              "epochs": 2, "steps_per_epoch": 2, "batch_size": 4, "lr": 1e-3, "source_per_category": 2,
-             "eval_batch_size": 8, "n_pictures": 2},
+             "eval_batch_size": 8, "n_pictures": 2, "checkpoint_minutes": 0},
 }
 
 

@@ -3,10 +3,13 @@
 `train_detector(cfg, report)` trains R, D (and F in `grad` mode) on synthetic anomalies of
 one category, then evaluates the test split (image/pixel AUROC and AP, AUPRO@0.3) and
 renders anomaly maps. It talks to the outside only through `report(metrics, checkpoint)`:
-once per `report_every` epochs during training, and once more with the test metrics and
-`"final": 1`. Checkpoints hold every piece of state (nets, F, optimizer, step, training
+once per `report_every` epochs during training, with a checkpoint at the first report
+`checkpoint_minutes` after the last one, and once more with the test metrics, the final
+checkpoint and `"final": 1`. Checkpoints hold every piece of state (nets, F, optimizer, step, training
 seconds, RNG), and every batch is drawn from an RNG seeded by (seed, rank, step), so
-resuming reproduces an uninterrupted run bit for bit (without a `minutes` budget).
+resuming reproduces an uninterrupted run bit for bit (without a `minutes` budget). The
+batches are synthesised in `loader_workers` processes ahead of the step (pipeline.py), or in
+line with 0; both give the same batches.
 
 The learning rate is a step function of training progress p ∈ [0, 1] (×lr_gamma at each
 `lr_milestones` fraction; the paper's 400/700 and 600/700 epochs by default). p is
@@ -16,6 +19,7 @@ Plain Python with world size 1; DDP (one process per device, sampling sharded by
 torch.distributed is initialised with more than one process. Only rank 0 evaluates.
 """
 
+import contextlib
 import copy
 import math
 import time
@@ -31,11 +35,13 @@ from trainables.config import to_flat
 from trainables.detector.config import PRESETS, DetectorConfig, make_config
 from trainables.detector.losses import DetectorLoss
 from trainables.detector.metrics import detection_metrics
+from trainables.detector.pipeline import batches, default_workers
 from trainables.detector.model import (DefectPredictor, EncoderFeatures, ReconstructionNet, VGGFeatures,
                                        copy_parameters)
 from trainables.detector.synthesis import AnomalySynthesizer, SynthesisParams, build_source_pool
 from trainables.device import pick_device
 from trainables.errors import UserInputError
+from trainables.runtime import Interval, agree, load_category_or_fail, rank_world, snapshot
 
 Report = Callable[..., None]
 DF_DEFAULT_LAYERS = {"ae_encoder": (3, 4, 5), "vgg19": (1, 2, 3)}  # spec §4.3
@@ -106,17 +112,12 @@ _ARCHITECTURE = ("category", "img_size", "r_base", "d_base", "df", "df_update", 
 def train_detector(cfg: DetectorConfig, report: Report) -> dict:
     """Train and evaluate one category; returns the final metrics (also reported).
 
-    A checkpoint handed to `report` shares storage with the live weights: persist it (or
-    clone it) before returning, as the CLI and the Ray adapter do.
+    A checkpoint handed to `report` is a CPU copy of the state (runtime.snapshot): it can be
+    kept, or written after `report` returns.
     """
-    from trainables.data import load_category, resolve_data
-
     device = pick_device(cfg.device)
-    rank, world = _distributed()
-    root = resolve_data(cfg.data)
-    if cfg.category not in root.categories:
-        raise UserInputError(f"category={cfg.category!r}: not in {root.path}; expected one of {list(root.categories)}")
-    data = load_category(root.path, cfg.category, cfg.img_size)
+    rank, world = rank_world()
+    root, data = load_category_or_fail(cfg.data, cfg.category, cfg.img_size)
     pool = build_source_pool(cfg.anomaly_source, root, cfg.category, cfg.img_size, cfg.source_per_category,
                              cfg.dtd_root, cfg.seed)
     synth = AnomalySynthesizer(np.asarray(data.train), data.kind, pool, synthesis_params(cfg))
@@ -136,47 +137,53 @@ def train_detector(cfg: DetectorConfig, report: Report) -> dict:
     steps_per_epoch = cfg.steps_per_epoch or math.ceil(len(data.train) / (cfg.batch_size * world))
     total_steps = cfg.epochs * steps_per_epoch
     budget = cfg.minutes * 60 if cfg.minutes else None
+    workers = default_workers(device) if cfg.loader_workers is None else cfg.loader_workers
     info = {"category": cfg.category, "dataset": root.dataset, "anomaly_source": cfg.anomaly_source,
-            "leaky": cfg.leaky}
+            "leaky": cfg.leaky, "loader_workers": workers}
     if cfg.anomaly_source == "dtd":
         info["texture_source"] = pool.origin  # "dtd" or "procedural"
 
     def state(final: bool) -> dict:
-        return {"nets": nets.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                "train_seconds": train_seconds, "rng": rng_state(), "config": to_flat(cfg), "final": int(final)}
+        # a CPU copy: the report callable may write it on another thread while training goes on
+        return snapshot({"nets": nets.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                         "train_seconds": train_seconds, "rng": rng_state(), "config": to_flat(cfg),
+                         "final": int(final)})
 
     nets.train()
     if F is not None and cfg.df_update == "copy":
         F.eval()  # F runs on R's copied BN statistics
     sums: dict[str, float] = {}
-    reports = 0
+    checkpoint_due = Interval(cfg.checkpoint_minutes, device)
     session_start, session_steps = time.perf_counter(), 0
     seconds_before = train_seconds
-    while step < total_steps:
-        train_seconds = seconds_before + time.perf_counter() - session_start
-        if _stop(budget is not None and train_seconds >= budget, world, device):
-            break
-        progress = max(step / total_steps, train_seconds / budget if budget else 0.0)
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(cfg, progress)
-        batch = synth.batch(np.random.default_rng([cfg.seed, rank, step]), cfg.batch_size)
-        terms = _train_step(cfg, batch, R_t, D_t, F_t, loss_fn, optimizer, device)
-        if F is not None and cfg.df_update == "copy" and cfg.df_source == "ae_encoder" \
-                and (step + 1) % cfg.df_copy_every == 0:
-            copy_parameters(R.encoder, F.encoder)
-        step += 1
-        session_steps += 1
-        for name, value in terms.items():
-            sums[name] = sums.get(name, 0.0) + value
-        sums["_n"] = sums.get("_n", 0) + 1
-        if step % (steps_per_epoch * cfg.report_every) == 0 and step < total_steps:
+    # the batch of each step is a function of (seed, rank, step), made in line or by loader processes
+    stream = batches(synth, cfg.seed, rank, cfg.batch_size, step, total_steps, workers,
+                     pin_memory=device.type == "cuda")
+    with contextlib.closing(stream):
+        while step < total_steps:
             train_seconds = seconds_before + time.perf_counter() - session_start
-            metrics = _progress_metrics(cfg, sums, step, steps_per_epoch, world, train_seconds,
-                                        session_steps / (time.perf_counter() - session_start), optimizer)
-            reports += 1
-            keep = rank == 0 and cfg.checkpoint_every and reports % cfg.checkpoint_every == 0
-            report({**metrics, **info}, state(False) if keep else None)
-            sums = {}
+            if agree(budget is not None and train_seconds >= budget, device):  # every rank stops together
+                break
+            progress = max(step / total_steps, train_seconds / budget if budget else 0.0)
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(cfg, progress)
+            batch = next(stream)
+            terms = _train_step(cfg, batch, R_t, D_t, F_t, loss_fn, optimizer, device)
+            if F is not None and cfg.df_update == "copy" and cfg.df_source == "ae_encoder" \
+                    and (step + 1) % cfg.df_copy_every == 0:
+                copy_parameters(R.encoder, F.encoder)
+            step += 1
+            session_steps += 1
+            for name, value in terms.items():
+                sums[name] = sums.get(name, 0.0) + value
+            sums["_n"] = sums.get("_n", 0) + 1
+            if step % (steps_per_epoch * cfg.report_every) == 0 and step < total_steps:
+                train_seconds = seconds_before + time.perf_counter() - session_start
+                metrics = _progress_metrics(cfg, sums, step, steps_per_epoch, world, train_seconds,
+                                            session_steps / (time.perf_counter() - session_start), optimizer)
+                keep = checkpoint_due.due()  # on every rank (a collective); rank 0 saves
+                report({**metrics, **info}, state(False) if keep and rank == 0 else None)
+                sums = {}
     train_seconds = seconds_before + time.perf_counter() - session_start
     steps_per_s = session_steps / max(time.perf_counter() - session_start, 1e-9)
     metrics = {**_progress_metrics(cfg, sums, step, steps_per_epoch, world, train_seconds, steps_per_s,
@@ -193,7 +200,7 @@ def train_detector(cfg: DetectorConfig, report: Report) -> dict:
 
 
 def _train_step(cfg, batch, R, D, F, loss_fn, optimizer, device) -> dict[str, float]:
-    I, I_a, M = (torch.from_numpy(batch[k]).to(device) for k in ("I", "I_a", "M"))
+    I, I_a, M = (batch[k].to(device, non_blocking=True) for k in ("I", "I_a", "M"))
     I_r = R(I_a)
     x = torch.cat([I_r.detach() if cfg.detach_reconstruction else I_r, I_a], dim=1)
     P = torch.softmax(D(x), dim=1)
@@ -296,26 +303,7 @@ def _restore(cfg: DetectorConfig, nets: nn.ModuleDict, optimizer) -> tuple[int, 
     return int(ckpt["step"]), float(ckpt["train_seconds"])
 
 
-def _distributed() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def _ddp(net: nn.Module, device: torch.device) -> nn.Module:
     from torch.nn.parallel import DistributedDataParallel
 
     return DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
-
-
-def _stop(local: bool, world: int, device: torch.device) -> bool:
-    """Every rank stops together: the budget check of any rank counts for all."""
-    if world == 1:
-        return local
-    import torch.distributed as dist
-
-    flag = torch.tensor([float(local)], device=device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return bool(flag.item())

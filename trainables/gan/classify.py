@@ -20,11 +20,11 @@ import torch.nn.functional as F_
 
 from trainables.checkpoint import load_checkpoint, rng_state
 from trainables.config import to_flat
-from trainables.data import load_category, resolve_data
 from trainables.device import pick_device
 from trainables.errors import UserInputError, WeightsUnavailable
 from trainables.gan.generate import to_uint8
-from trainables.gan.train import GanConfig, Report, run, step_seed, world
+from trainables.gan.train import GanConfig, Report, run, step_seed
+from trainables.runtime import load_category_or_fail, rank_world
 from trainables.weights import resolve_weights
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -113,11 +113,8 @@ def train_and_test(cfg: GanConfig, train_x: np.ndarray, train_y: np.ndarray, tes
 def train_classifier(cfg: GanConfig, report: Report) -> dict:
     """The protocol on `cfg.category` for `cfg.partition` (or all `cfg.partitions`); final metrics."""
     device = pick_device(cfg.device)
-    rank, _ = world()
-    root = resolve_data(cfg.data)
-    if cfg.category not in root.categories:
-        raise UserInputError(f"category={cfg.category!r}: not in {cfg.data}; expected one of {list(root.categories)}")
-    data = load_category(root.path, cfg.category, cfg.resolution)
+    rank, _ = rank_world()
+    _, data = load_category_or_fail(cfg.data, cfg.category, cfg.resolution)
     types = data.defect_types
     if len(types) < 2:
         raise UserInputError(f"category={cfg.category}: classification needs at least 2 defect types, has {list(types)}")

@@ -63,7 +63,8 @@ class GanConfig:
     stage1_minutes: float | None = None    # wall-clock budget of stage 1; None = stage1_kimg only
     stage2_minutes: float | None = None
     tick_kimg: float = 4.0                 # one report per tick
-    checkpoint_ticks: int = 1              # reports between checkpoints; 0 = only the final one
+    checkpoint_minutes: float | None = 10.0  # at the first tick this long after the last checkpoint;
+                                           # 0 = at every tick, None = only the final one
     # generation and metrics (spec §7.5, §8)
     n_generate: int = 64                   # triplets written at the end of stage 2
     n_pictures: int = 16                   # samples in stage 1's grid and triplets in stage 2's
@@ -107,6 +108,8 @@ class GanConfig:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise UserInputError(f"{name}={value}: expected a positive number of minutes")
+        if self.checkpoint_minutes is not None and self.checkpoint_minutes < 0:
+            raise UserInputError(f"checkpoint_minutes={self.checkpoint_minutes}: expected >= 0 (0 = every tick)")
         if min(self.lambda_match, self.lambda_ms, self.augment_p, self.style_mixing, self.pl_weight) < 0:
             raise UserInputError("lambda_match, lambda_ms, augment_p, style_mixing, pl_weight: expected >= 0")
         if self.partition is not None and not 0 <= self.partition < self.partitions:
@@ -139,13 +142,14 @@ PRESETS: dict[str, dict] = {
     "small": {"resolution": 64, "z_dim": 128, "w_dim": 128, "channel_base": 2048, "channel_max": 128,
               "dmatch_channel_base": 512, "dmatch_channel_max": 32, "batch": 8, "lr": 0.01,
               "stage1_kimg": 25, "stage2_kimg": 15, "tick_kimg": 1.0, "ada_kimg": 100, "ada_kimg_stage2": 20,
-              "kid_gen": 1000, "clpips_gen": 200, "cls_per_type": 200, "cls_epochs": 10, "cls_img_size": 64},
+              "kid_gen": 1000, "clpips_gen": 200, "cls_per_type": 200, "cls_epochs": 10, "cls_img_size": 64,
+              "checkpoint_minutes": 0},
     # tests: seconds
     "tiny": {"resolution": 32, "z_dim": 32, "w_dim": 32, "channel_base": 256, "channel_max": 32,
              "dmatch_channel_base": 128, "dmatch_channel_max": 16, "batch": 4,
              "stage1_kimg": 0.016, "stage2_kimg": 0.016, "tick_kimg": 0.008, "ada_kimg": 1, "ada_kimg_stage2": 1,
              "n_generate": 8, "n_pictures": 4, "kid_gen": 16, "clpips_gen": 8, "cls_per_type": 8,
-             "cls_epochs": 1, "cls_batch": 8, "cls_img_size": 32, "partitions": 1},
+             "cls_epochs": 1, "cls_batch": 8, "cls_img_size": 32, "partitions": 1, "checkpoint_minutes": 0},
 }
 
 

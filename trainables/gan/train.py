@@ -10,7 +10,9 @@ ADA's p update (spec §6.4). Every iteration seeds torch from (seed, rank, itera
 checkpoint holds G, G_ema, D, D_match, every optimiser, ADA p and its pending statistics, the
 path-length mean, the counters and the RNG: running the same config with `resume` set
 continues bit for bit (the reference loses the optimisers, ADA p and D_match on resume,
-DFMGAN issue #19). Runs stop at `stage{1,2}_kimg` or after `stage{1,2}_minutes` of training.
+DFMGAN issue #19). Runs stop at `stage{1,2}_kimg` or after `stage{1,2}_minutes` of training
+(every rank stops together); a checkpoint goes with the first tick report `checkpoint_minutes`
+after the last one, and with the final report.
 Plain Python with world size 1; with torch.distributed initialised, each rank draws its own
 batch share and gradients are averaged across ranks (as the reference does, instead of DDP,
 whose reducer does not cover the double-backward regularisers). Only rank 0 evaluates.
@@ -28,7 +30,6 @@ import torch.distributed as dist
 
 from trainables.checkpoint import load_checkpoint, rng_state, set_rng_state
 from trainables.config import to_flat
-from trainables.data import load_category, resolve_data
 from trainables.device import pick_device
 from trainables.errors import UserInputError
 from trainables.gan.augment import AugmentPipe, ada_adjust
@@ -38,6 +39,7 @@ from trainables.gan.loss import DFMGANLoss
 from trainables.gan.metrics import compute_clustered_lpips, compute_kid
 from trainables.gan.networks import Discriminator, Generator
 from trainables.pictures import grid
+from trainables.runtime import Interval, agree, load_category_or_fail, rank_world, snapshot
 
 Report = Callable[..., None]
 # fields that shape the networks: stage 2 must be built exactly like its stage 1 (spec §6.3)
@@ -65,12 +67,6 @@ def adam(params, lr: float, reg_interval: int) -> torch.optim.Adam:
 
 def step_seed(seed: int, rank: int, step: int) -> int:
     return int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0])
-
-
-def world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def load_stage1(cfg: GanConfig) -> dict:
@@ -137,10 +133,7 @@ def to_model_range(images: np.ndarray, device) -> torch.Tensor:
 
 def load_images(cfg: GanConfig, stage: int) -> tuple[np.ndarray, np.ndarray | None]:
     """Stage 1: train/good images; stage 2: the defect type's images and masks (uint8)."""
-    root = resolve_data(cfg.data)
-    if cfg.category not in root.categories:
-        raise UserInputError(f"category={cfg.category!r}: not in {cfg.data}; expected one of {list(root.categories)}")
-    data = load_category(root.path, cfg.category, cfg.resolution)
+    _, data = load_category_or_fail(cfg.data, cfg.category, cfg.resolution)
     if stage == 1:
         return data.train, None
     if not cfg.defect:
@@ -167,7 +160,7 @@ def run(cfg: GanConfig, stage: int, report: Report, images: np.ndarray, masks: n
     """Train one stage on uint8 images [K, R, R, 3] (and masks [K, R, R]); (final metrics, G_ema)."""
     assert (masks is not None) == (stage == 2)
     device = pick_device(cfg.device)
-    rank, world_size = world()
+    rank, world_size = rank_world()
     cfg.check_world(world_size)
     n_batch = cfg.batch // world_size
     resume = load_checkpoint(cfg.resume) if cfg.resume else None
@@ -219,15 +212,17 @@ def run(cfg: GanConfig, stage: int, report: Report, images: np.ndarray, masks: n
     tick_nimg = max(int(cfg.tick_kimg * 1000), 1)
 
     def finished() -> bool:
-        return state["cur_nimg"] >= kimg * 1000 or (minutes is not None and state["train_seconds"] >= minutes * 60)
+        """A collective under DDP: the image count is the same on every rank, their clocks are not."""
+        spent = minutes is not None and state["train_seconds"] >= minutes * 60
+        return state["cur_nimg"] >= kimg * 1000 or agree(spent, device)
 
     def checkpoint(final: bool) -> dict:
         ckpt = {"stage": stage, "config": to_flat(cfg), "final": int(final), "G": G.state_dict(),
                 "G_ema": G_ema.state_dict(), "D": D.state_dict(), "opt_G": opt_G.state_dict(),
-                "opt_D": opt_D.state_dict(), "pl_mean": loss.pl_mean.detach().cpu(), "rng": rng_state(), **state}
+                "opt_D": opt_D.state_dict(), "pl_mean": loss.pl_mean, "rng": rng_state(), **state}
         if D_match is not None:
             ckpt.update(D_match=D_match.state_dict(), opt_Dm=opt_Dm.state_dict())
-        return ckpt
+        return snapshot(ckpt)  # a CPU copy: report may write it while training goes on
 
     def phase(opt, params, terms: dict) -> None:
         opt.zero_grad(set_to_none=True)
@@ -241,9 +236,11 @@ def run(cfg: GanConfig, stage: int, report: Report, images: np.ndarray, masks: n
             counts[name] += 1
 
     sums, counts = defaultdict(float), defaultdict(int)
-    n_reports, tick_began, tick_iterations = 0, time.perf_counter(), 0
+    tick_began, tick_iterations = time.perf_counter(), 0
+    checkpoint_due = Interval(cfg.checkpoint_minutes, device)
     began = time.perf_counter() - state["train_seconds"]
-    while not finished():
+    done = finished()
+    while not done:
         it = state["iteration"]
         torch.manual_seed(step_seed(cfg.seed, rank, it))
         index = torch.randint(len(reals), (n_batch,)).to(device)
@@ -284,9 +281,9 @@ def run(cfg: GanConfig, stage: int, report: Report, images: np.ndarray, masks: n
             state["ada_sign_sum"], state["ada_count"] = 0.0, 0
         state["train_seconds"] = time.perf_counter() - began
         tick_iterations += 1
-        if state["cur_nimg"] // tick_nimg != (state["cur_nimg"] - cfg.batch) // tick_nimg and not finished():
-            n_reports += 1
-            save = rank == 0 and cfg.checkpoint_ticks > 0 and n_reports % cfg.checkpoint_ticks == 0
+        done = finished()
+        if state["cur_nimg"] // tick_nimg != (state["cur_nimg"] - cfg.batch) // tick_nimg and not done:
+            save = checkpoint_due.due() and rank == 0  # due() first: a collective on every rank
             report(progress(stage, state, len(reals), sums, counts, tick_iterations / (time.perf_counter() - tick_began)),
                    checkpoint(False) if save else None)
             sums, counts = defaultdict(float), defaultdict(int)
