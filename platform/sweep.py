@@ -15,10 +15,12 @@ continues the same sweep (Tuner.restore, same parent run) instead of starting a 
 """
 
 import argparse
+import json
 import os
 import signal
 import sys
 from pathlib import Path
+from urllib.parse import quote
 
 import search_spaces
 from platform import cost, storage
@@ -138,7 +140,7 @@ def main(argv=None) -> int:
               f"trainer's own {timing['trainer_s_mean']:.1f} s, mean)"
               + (f"; {amortized:.1f} s amortized (trial slots x phase wall time minus trainer time, per trial)"
                  if amortized is not None else ""))
-    print(open_ui_hint(sweep.tracking_uri))
+    print(_ui_hint(sweep.tracking_uri, outcome.parent_run_id))
     if outcome.failed:
         print(f"continue it with: {continue_command(sweep)}")
     return 1 if outcome.failed else 0
@@ -287,15 +289,50 @@ def report(sweep_id: str, tracking_uri: str | None, out: str | None) -> int:
         raise UserInputError(f"sweep {sweep_id}: no parent run tagged sweep_id={sweep_id} in {uri}")
     built = tables.build_and_log(uri, parent.info.run_id, out_dir=Path(out) if out else None)
     print(tables.summary_text(built))
-    print(open_ui_hint(uri))
+    print(_ui_hint(uri, parent.info.run_id))
     return 0
 
 
-def open_ui_hint(tracking_uri: str) -> str:
+LOCAL_UI = "http://127.0.0.1:5000"
+# MLflow 3.17's UI shows GenAI pages unless the URL (or the browser's last choice) says otherwise;
+# the experiment's kind tag does not decide it there (platform/tracking.py, `experiment_id`)
+MODEL_TRAINING_VIEW = "workflowType=machine_learning"
+
+
+def open_ui_hint(tracking_uri: str, experiment_id: str, run_ids: list[str]) -> str:
+    """How to open the sweep in the MLflow UI: its experiment's runs and the compare view of its trials."""
     if tracking_uri.startswith(("http://", "https://")):
-        return f"MLflow UI: {tracking_uri} (tables: the sweep's parent run > Artifacts > tables/)"
-    return (f"MLflow UI: mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000, then open "
-            f"http://127.0.0.1:5000 (tables: the sweep's parent run > Artifacts > tables/)")
+        ui, start = tracking_uri.rstrip("/"), "MLflow UI:"
+    else:
+        ui = LOCAL_UI
+        start = f"MLflow UI: mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000, then open"
+    lines = [f"{start} {runs_url(ui, experiment_id)} (tables: the sweep's parent run > Artifacts > tables/)"]
+    if run_ids:
+        lines.append(f"compare its {len(run_ids)} trials: {compare_url(ui, experiment_id, run_ids)}")
+    return "\n".join(lines)
+
+
+def runs_url(ui: str, experiment_id: str) -> str:
+    """The experiment's Runs page, in the UI's model-training view."""
+    return f"{ui}/#/experiments/{experiment_id}/runs?{MODEL_TRAINING_VIEW}"
+
+
+def compare_url(ui: str, experiment_id: str, run_ids: list[str]) -> str:
+    """MLflow's compare-runs page: `#/compare-runs?runs=<JSON list>&experiments=<JSON list>`, the
+    lists percent-encoded so that a terminal keeps the link whole (the page decodes them)."""
+    runs = quote(json.dumps(list(run_ids), separators=(",", ":")))
+    experiments = quote(json.dumps([str(experiment_id)]))
+    return f"{ui}/#/compare-runs?runs={runs}&experiments={experiments}&{MODEL_TRAINING_VIEW}"
+
+
+def _ui_hint(tracking_uri: str, parent_run_id: str) -> str:
+    """`open_ui_hint` for a sweep: its experiment and its finished trials, in trial-name order."""
+    from platform import tracking
+
+    experiment = tracking.client(tracking_uri).get_run(parent_run_id).info.experiment_id
+    trials = sorted((r for r in tracking.children(tracking_uri, parent_run_id) if r.info.status == "FINISHED"),
+                    key=lambda r: r.info.run_name)
+    return open_ui_hint(tracking_uri, experiment, [r.info.run_id for r in trials])
 
 
 def _duration(seconds: float) -> str:

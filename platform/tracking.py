@@ -48,6 +48,9 @@ DEFAULT_EXPERIMENT = "defect-sweeps"
 TRIAL_NAME_TAG = "trial_name"
 SWEEP_ID_TAG = "sweep_id"
 PARENT_TAG = "mlflow.parentRunId"
+# the experiment's kind: model training, not GenAI (its Traces/Overview pages); see experiment_id
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING_KIND = "custom_model_development"
 STATUS_EVERY_S = 30.0   # a line about running trials at most this often
 # what Tune and Train add to every result: bookkeeping, not the trainer's metrics
 _NOT_METRICS = {"training_iteration", "time_total_s", "episodes_total", "timesteps_total", "node_ip",
@@ -100,15 +103,25 @@ def client(tracking_uri: str):
 
 
 def experiment_id(tracking_uri: str, name: str) -> str:
-    """The experiment's id, created on first use (artifacts next to a SQLite file)."""
+    """The experiment's id, created on first use (artifacts next to a SQLite file), marked as a
+    model-training experiment (also an existing one the sweep reuses).
+
+    An MLflow UI built without the sidebar's workflow switch picks the experiment's pages from
+    this tag. The UI that MLflow 3.17.2 ships has the switch and ignores the tag: the switch
+    (`?workflowType=` in the URL, else the browser's last choice, GenAI at first) decides, so
+    the links the sweep prints carry `workflowType=machine_learning` (platform/sweep.py).
+    """
     mlflow_client = client(tracking_uri)  # the first call on a new SQLite file creates its schema
     experiment = mlflow_client.get_experiment_by_name(name)
     if experiment is not None:
+        if experiment.tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING_KIND:
+            mlflow_client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
         return experiment.experiment_id
     location = None
     if tracking_uri.startswith("sqlite:///"):
         location = (Path(tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
-    return mlflow_client.create_experiment(name, artifact_location=location)
+    return mlflow_client.create_experiment(name, artifact_location=location,
+                                           tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND})
 
 
 def find_parent(tracking_uri: str, sweep_id: str):

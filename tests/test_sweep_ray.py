@@ -91,6 +91,8 @@ def test_ablation_sweep_end_to_end(ray_runtime, tmp_path, capsys):
     children = tracking.children(uri, parent.info.run_id)
     assert sorted(c.info.run_name for c in children) == sorted(
         f"{c}-{v}-s0" for c in ("weave", "bolt") for v in ("src_procedural", "df_copy-lk-src_mvtec"))
+    in_name_order = [c.info.run_id for c in sorted(children, key=lambda c: c.info.run_name)]
+    assert f"compare its 4 trials: {sweep.compare_url(sweep.LOCAL_UI, parent.info.experiment_id, in_name_order)}" in out
     client = tracking.client(uri)
     for child in children:
         params, metrics = child.data.params, child.data.metrics
