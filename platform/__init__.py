@@ -5,7 +5,7 @@ the standard module of the same name; `uuid`, torch, Ray and MLflow then call
 `platform.system()` and friends at import. To keep them working, this file executes the
 standard library's `platform.py` into its own namespace. It has that one job: the control
 plane lives in the submodules (`platform.sweep`, `platform.train`, `platform.data`, ...).
-See specs/platform.md §2.9.
+See docs/platform.md §2.
 """
 
 import os as _os

@@ -3,7 +3,7 @@
 A 1-worker trial runs its loop in the Tune trial itself and holds that trial's CPUs (and GPU
 share). A nested trial (N > 1 Train workers) holds a light driver plus N workers, and a driver
 whose workers cannot start would retry forever, so concurrency is sized so that drivers and
-workers fit together (docs/platform.md §3). Every function computes and returns; the sweep's
+workers fit together (docs/platform.md §3.4). Every function computes and returns; the sweep's
 CLI prints. Not here: starting Ray or Tune.
 """
 

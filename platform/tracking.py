@@ -2,7 +2,7 @@
 
 Workers report to Ray; `MLflowTrialCallback`, a Tune callback running in the sweep driver,
 turns those reports into MLflow runs. Only this process writes, so a SQLite store is safe
-(docs/platform.md §4) and no credential travels to workers. The stock
+(docs/platform.md §6.1) and no credential travels to workers. The stock
 `MLflowLoggerCallback` is not used: it logs Tune's bookkeeping as metrics and has no parent.
 
 - Parent run: one per sweep, named and tagged with the deterministic sweep id; created once,
@@ -23,7 +23,7 @@ turns those reports into MLflow runs. Only this process writes, so a SQLite stor
   `overhead_s` = wall time minus `trainer_s`, the loop's own time).
 
 The default store is a SQLite file in the repo (`mlflow.db`); its schema is created here,
-once, before any trial starts (concurrent first-time initialisation corrupts it, docs/platform.md §4).
+once, before any trial starts (concurrent first-time initialisation corrupts it, docs/platform.md §6.1).
 """
 
 import json

@@ -18,7 +18,7 @@ CHECKPOINTS_KEPT = 2
 def connect_ray() -> tuple[bool, str]:
     """$RAY_ADDRESS when set (a cluster, or a `ray job`), else a new local runtime with the
     dashboard. Never `ray.init()` without an address: it would attach to whatever cluster this
-    machine last started (docs/platform.md §2). Returns (started here, a line saying where)."""
+    machine last started (docs/platform.md §8). Returns (started here, a line saying where)."""
     import ray
 
     # Tune warns on every forced experiment snapshot, which `num_to_keep` causes by design

@@ -1,12 +1,12 @@
 """The detector's ablation grid (Peng et al. 2024, Table 4) across categories and seeds.
 
-Two grids over the four switches of specs/detector.md §2.1 (detector config fields in
+Two grids over the four switches of docs/detector.md §2.1 (detector config fields in
 brackets): deep features [df], large kernel [lk], anomaly source MVTec vs DTD
 [anomaly_source], and how the feature extractor F is trained, parameter copying vs gradient
 update [df_update].
 
 - `paper-rows`: Table 4's rows 2-8 as concrete switch combinations, following the mapping of
-  specs/detector.md §2.2 (an inference: the paper's table marks are ambiguous). Row 1 is
+  docs/detector.md §2.2 (an inference: the paper's table marks are ambiguous). Row 1 is
   DRAEM's published result (98.00 / 68.40), shown in the summary table as a reference and
   never run.
 - `factorial`: every meaningful combination: df × lk × source, and copy vs grad only where F
@@ -66,9 +66,9 @@ def texture_source(source: str, dtd_present: bool) -> str:
     return "procedural" if source == "dtd" and not dtd_present else source
 
 
-# Table 4 of the paper with the spec's row mapping (specs/detector.md §2.2): variant, and the
+# Table 4 of the paper with the inferred row mapping (docs/detector.md §2.2): variant, and the
 # paper's (image AUROC, "AP") in percent. The paper's AP is probably not a standard pixel AP
-# (spec §1, 4.3); tables show it next to both of ours.
+# (docs/detector.md §1.2); tables show it next to both of ours.
 PAPER_ROWS: dict[int, tuple[Variant | None, tuple[float, float]]] = {
     1: (None, (98.00, 68.40)),   # DRAEM's published numbers: a reference, not run
     2: (Variant("dtd", df=False, lk=False, df_update="-"), (99.23, 99.62)),

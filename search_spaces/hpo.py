@@ -1,6 +1,6 @@
 """Hyper-parameter search for the detector: Optuna (Ray Tune's OptunaSearch) with ASHA.
 
-One study per category: OptunaSearch rejects `grid_search` axes (specs/platform.md §2.5), and
+One study per category: OptunaSearch rejects `grid_search` axes (docs/platform.md §3.7), and
 a category is not a hyper-parameter to optimise but a separate problem. Each study samples the
 learning rate and the loss weights λ1 (L2), λ2 (SSIM) and λ3 (L_DF, the deep-feature term)
 around a template trial (the full model, Table 4 row 7, unless `variant` says otherwise).

@@ -29,7 +29,7 @@ def tiny_nets(resolution=32, seed=0):
 # ---------------------------------------------------------------- architecture
 
 def test_parameter_counts_match_the_paper_at_256():
-    """Spec §3.1/§4.3: stage-1 G 23,191,522; new stage-2 parts 3,669,703 (paper: 3.7M);
+    """docs/dfmgan.md §3.1: stage-1 G 23,191,522; new stage-2 parts 3,669,703 (paper: 3.7M);
     D 24,001,089; D_match at 4096/128 1,502,113 (paper: 1.5M)."""
     torch.manual_seed(0)
     G = Generator(res_st=64)
@@ -173,7 +173,7 @@ def _loss(lambda_match, lambda_ms, p=0.0):
 
 @pytest.mark.parametrize("lambdas, reaches", [((0.0, 0.0), False), ((1.0, 0.0), True), ((0.0, 0.1), True)])
 def test_tomask_learns_only_through_d_match_and_mode_seeking(lambdas, reaches):
-    """The hard gate blocks the image path (spec §3.5): with λ_match = λ_ms = 0, ToMask's gradient
+    """The hard gate blocks the image path (docs/dfmgan.md §3.2): with λ_match = λ_ms = 0, ToMask's gradient
     is exactly zero in every G phase; either term alone reaches it."""
     torch.manual_seed(1)
     loss = _loss(*lambdas)

@@ -10,7 +10,7 @@ from trainables.errors import UserInputError
 
 
 def test_paper_rows_follow_the_spec_mapping():
-    # specs/detector.md §2.2: (source, deep features, large kernel, F training) per Table 4 row
+    # docs/detector.md §2.2: (source, deep features, large kernel, F training) per Table 4 row
     expected = {2: ("dtd", False, False, "-"), 3: ("dtd", True, True, "copy"), 4: ("mvtec", False, False, "-"),
                 5: ("mvtec", True, False, "copy"), 6: ("mvtec", False, True, "-"),
                 7: ("mvtec", True, True, "copy"), 8: ("mvtec", True, True, "grad")}

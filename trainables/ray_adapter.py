@@ -10,7 +10,7 @@ plain function in both paths below; only its `report` callable differs.
   directly in the Tune trial actor. Each report becomes `tune.report`, with a
   `tune.Checkpoint` when the loop passes a checkpoint; a restarted trial resumes from
   `tune.get_checkpoint()`. No nested Train run, so no per-trial worker-group start-up
-  (about 20 s a trial on 2 cores, specs/platform.md §5).
+  (about 20 s a trial on 2 cores, docs/platform.md §3.3).
 - Several workers: the trial builds a Train V2 `TorchTrainer` (N workers, CPU or GPU, torch
   DDP process group; the loop shards and wraps its nets itself) with `TuneReportCallback`
   forwarding rank 0's reports to Tune, a run name derived from the trial id (no timestamp,

@@ -20,7 +20,7 @@ class DetectorConfig:
     preset: str = "paper"
     device: str = "auto"                   # auto | cpu | cuda[:i]
     resume: str | None = None              # checkpoint directory to resume from
-    # data and synthesis (paper §3.1, spec §4.1)
+    # data and synthesis (paper §3.1, docs/detector.md §3)
     img_size: int = 256                    # px; a multiple of 32
     anomaly_source: Literal["mvtec", "dtd", "mvtec_defects"] = "mvtec"
     source_per_category: int = 0           # images per other category in the pool; 0 = all
@@ -38,7 +38,7 @@ class DetectorConfig:
     d_base: int = 64                       # width of D's first block (DRAEM: 64)
     df: bool = True                        # deep-feature consistency loss (ablation 4.4.1)
     df_update: Literal["copy", "grad"] = "copy"   # F by parameter copying or by gradient (4.4.3)
-    df_source: Literal["ae_encoder", "vgg19"] = "ae_encoder"  # F's architecture (spec §4.3 A or B)
+    df_source: Literal["ae_encoder", "vgg19"] = "ae_encoder"  # F's architecture (docs/detector.md §4.2, A or B)
     df_layers: tuple[int, ...] = ()        # F levels in L_DF; () = (3, 4, 5) for ae_encoder, (1, 2, 3) for vgg19
     df_copy_every: int = 1                 # copy R.encoder -> F every this many steps
     df_normalize: bool = False             # divide each L_DF level by its mean squared target
@@ -47,7 +47,7 @@ class DetectorConfig:
     lk_kernels: tuple[int, ...] = (31, 29, 27, 13)   # k at D's e3..e6 (RepLKNet-31B)
     lk_small_kernel: int = 5
     detach_reconstruction: bool = False    # True: no focal-loss gradient into R (DRAEM: False)
-    # objective (spec §4.5, mapping A)
+    # objective (docs/detector.md §4.4, mapping A)
     w_l2: float = 1.0
     w_ssim: float = 0.8
     w_df: float = 0.2

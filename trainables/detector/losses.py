@@ -1,7 +1,7 @@
-"""Training objective of the detector: L2, SSIM, deep-feature consistency, focal (spec §4.5).
+"""Training objective of the detector: L2, SSIM, deep-feature consistency, focal (docs/detector.md §4.4).
 
 L = w_l2·L2(I_r, I) + w_ssim·(1 − SSIM(I_r, I)) + w_df·L_DF + w_focal·Focal(P, M).
-Defaults w = 1 / 0.8 / 0.2 / 1 are the spec's mapping A of the paper's λ1, λ2, λ3 = 1, 0.8,
+Defaults w = 1 / 0.8 / 0.2 / 1 are mapping A (docs/detector.md §4.4) of the paper's λ1, λ2, λ3 = 1, 0.8,
 0.2 (DRAEM keeps unit weights on L2 and focal); mapping B is w_focal = 1, w_l2 = w_ssim =
 0.8, w_df = 0.2. SSIM and focal follow DRAEM's code (Gaussian 11×11 window σ 1.5, zero
 padding; focal on softmax probabilities with γ = 2 and target smoothing 1e-5).
@@ -75,7 +75,7 @@ class DetectorLoss:
     def __call__(self, I: torch.Tensor, I_r: torch.Tensor, P: torch.Tensor, M: torch.Tensor,
                  features_r: list[torch.Tensor] | None = None,
                  features_t: list[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-        # SSIM and focal in fp32 even under autocast (spec §4.6)
+        # SSIM and focal in fp32 even under autocast (docs/detector.md §4.4)
         terms = {
             "l2": F_.mse_loss(I_r.float(), I.float()),
             "ssim": 1 - ssim(I_r.float(), I.float(), self.ssim_window),

@@ -1,4 +1,4 @@
-"""Anomaly-detection metrics: image/pixel AUROC and AP, and AUPRO up to FPR 0.3 (spec §4.8).
+"""Anomaly-detection metrics: image/pixel AUROC and AP, and AUPRO up to FPR 0.3 (docs/detector.md §5.2).
 
 AUROC and AP follow scikit-learn's definitions exactly (ties grouped, AP as the step sum
 Σ (R_n − R_{n−1}) P_n) but run on one sort, so all the pixels of a category (≈10^8 on MVTec

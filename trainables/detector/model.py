@@ -1,7 +1,7 @@
 """Networks of the detector of Peng et al. (Sensors 2024), built on DRAEM (ICCV 2021).
 
 R: the reconstruction auto-encoder (DRAEM's reconstructive sub-network, paper §3.2).
-F: the deep feature extractor of the feature-consistency loss (§3.2): a copy of R's encoder
+F: the deep feature extractor of the feature-consistency loss (paper §3.2): a copy of R's encoder
    (weights and BN buffers copied after every step, or trained by gradient), or an
    ImageNet VGG19 trunk whose weights the caller loads.
 D: the defect prediction network (DRAEM's discriminative U-Net, §3.3), optionally with a
@@ -67,7 +67,7 @@ def draem_init(module: nn.Module) -> None:
 # ---------------------------------------------------------------- R: reconstruction auto-encoder
 
 class ReconstructiveEncoder(nn.Module):
-    """R's encoder (DRAEM §3.2): blocks b1..b5, max-pool between them; returns every level."""
+    """R's encoder (DRAEM; docs/detector.md §4.1): blocks b1..b5, max-pool between them; returns every level."""
 
     def __init__(self,
                  base: int = 128,        # width of b1; DRAEM uses 128
@@ -90,7 +90,7 @@ class ReconstructiveEncoder(nn.Module):
 
 
 class ReconstructiveDecoder(nn.Module):
-    """R's decoder (DRAEM §3.2): no skips; up/db 1..4 back to full size, linear 3×3 output."""
+    """R's decoder (DRAEM; docs/detector.md §4.1): no skips; up/db 1..4 back to full size, linear 3×3 output."""
 
     def __init__(self,
                  base: int = 128,
@@ -132,7 +132,7 @@ class ReconstructionNet(nn.Module):
 # ---------------------------------------------------------------- F: deep feature extractor
 
 class EncoderFeatures(nn.Module):
-    """F, reading A (spec §4.3): R's encoder architecture; returns the chosen levels b_l."""
+    """F, reading A (docs/detector.md §4.2): R's encoder architecture; returns the chosen levels b_l."""
 
     def __init__(self,
                  base: int = 128,
@@ -148,7 +148,7 @@ class EncoderFeatures(nn.Module):
 
 
 class VGGFeatures(nn.Module):
-    """F, reading B (spec §4.3): VGG19 `features` up to the deepest chosen relu{l}_1."""
+    """F, reading B (docs/detector.md §4.2): VGG19 `features` up to the deepest chosen relu{l}_1."""
 
     def __init__(self,
                  levels: tuple[int, ...] = (1, 2, 3)):   # relu1_1, relu2_1, relu3_1
@@ -167,7 +167,7 @@ class VGGFeatures(nn.Module):
         return tuple(VGG_LEVELS[level] for level in levels)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = (x - self.mean) / self.std  # ImageNet normalisation inside F only (spec §4.11)
+        x = (x - self.mean) / self.std  # ImageNet normalisation inside F only (docs/detector.md §4.2)
         out = []
         for index, layer in enumerate(self.features):
             x = layer(x)
@@ -276,7 +276,7 @@ class ConvFFN(nn.Module):
 
 
 class LargeKernelUnit(nn.Sequential):
-    """LKU (spec §4.4): a RepLK block followed by a ConvFFN, appended to a D encoder stage."""
+    """LKU (docs/detector.md §4.3): a RepLK block followed by a ConvFFN, appended to a D encoder stage."""
 
     def __init__(self, channels: int, kernel: int, small_kernel: int = 5):
         super().__init__()
@@ -320,7 +320,7 @@ class DefectPredictor(nn.Module):
             c_in = width
         self.out = nn.Conv2d(widths[0], 2, 3, padding=1)
         for name, module in self.named_children():
-            if not name.endswith("_lk"):  # LKUs keep PyTorch's default init (spec §4.6)
+            if not name.endswith("_lk"):  # LKUs keep PyTorch's default init (docs/detector.md §4.3)
                 module.apply(draem_init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Anomaly synthesis of the detector (paper §3.1; DRAEM's recipe, spec §4.1), in numpy.
+"""Anomaly synthesis of the detector (paper §3.1; DRAEM's recipe, docs/detector.md §3), in numpy.
 
 Three stages per anomalous sample: (1) a mask M = Perlin noise (per-axis lattice 2^U{0..5},
 rotated, thresholded) ∩ the image's foreground; (2) an appearance A drawn from a source pool
@@ -74,9 +74,9 @@ def otsu_threshold(gray: np.ndarray) -> float:
 
 
 def foreground_mask(image: np.ndarray) -> np.ndarray:
-    """Object foreground (spec §4.1): blur, Otsu, invert if the border is mostly 1, close, fill, dilate.
+    """Object foreground (docs/detector.md §3.2): blur, Otsu, invert if the border is mostly 1, close, fill, dilate.
 
-    Sizes are the spec's 256-px values scaled to the image. Falls back to the whole image when
+    Sizes are the 256-px values of docs/detector.md §3.2 scaled to the image. Falls back to the whole image when
     the result covers under 1 % or over 99 % of it (no separable object). [S, S] bool
     """
     size = image.shape[0]
@@ -245,7 +245,7 @@ class AnomalySynthesizer:
         self.pool = pool
         self.params = params
         whole = params.fg_aware is False or kind == "texture"
-        # foregrounds are computed once per training image and cached (spec §4.1)
+        # foregrounds are computed once per training image and cached (docs/detector.md §3.2)
         self.foregrounds = np.ones((N, S, S), bool) if whole else np.stack([foreground_mask(x) for x in train])
 
     def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, np.ndarray]:

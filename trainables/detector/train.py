@@ -44,7 +44,7 @@ from trainables.errors import UserInputError
 from trainables.runtime import Interval, agree, load_category_or_fail, rank_world, snapshot
 
 Report = Callable[..., None]
-DF_DEFAULT_LAYERS = {"ae_encoder": (3, 4, 5), "vgg19": (1, 2, 3)}  # spec §4.3
+DF_DEFAULT_LAYERS = {"ae_encoder": (3, 4, 5), "vgg19": (1, 2, 3)}  # docs/detector.md §4.2
 
 
 def synthesis_params(cfg: DetectorConfig) -> SynthesisParams:

@@ -1,4 +1,4 @@
-"""ADA, the adaptive discriminator augmentation of StyleGAN2-ADA with its 'bgc' pipeline (spec §2.7).
+"""ADA, the adaptive discriminator augmentation of StyleGAN2-ADA with its 'bgc' pipeline (docs/dfmgan.md §2.7).
 
 Every image D sees (real and fake, in every phase, R1 included) goes through `AugmentPipe`:
 each of the 'bgc' ops (blit: x-flip, 90° rotation, integer translation; geometric: isotropic

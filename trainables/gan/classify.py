@@ -1,4 +1,4 @@
-"""DFMGAN's downstream defect-classification protocol (paper §4.3, Table 2; spec §8.4).
+"""DFMGAN's downstream defect-classification protocol (paper §4.3, Table 2; docs/dfmgan.md §6).
 
 For each seeded partition: every defect type's images are split 1/3 "base" vs 2/3 test;
 one stage-2 DFMGAN per defect type is trained on its base set (all starting from the same

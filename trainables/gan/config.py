@@ -22,7 +22,7 @@ class GanConfig:
     device: str = "auto"                   # auto | cpu | cuda[:i]
     resume: str | None = None              # checkpoint folder of this run to continue
     stage1: str | None = None              # stage 2 / classification: the stage-1 checkpoint folder
-    # networks (spec §2.1, §2.4, §3.1, §4.2)
+    # networks (docs/dfmgan.md §2.1, §2.4, §3.1, §3.3)
     resolution: int = 256                  # px, a power of 2
     z_dim: int = 512                       # = w_dim
     w_dim: int = 512
@@ -34,7 +34,7 @@ class GanConfig:
     mbstd_group: int = 4
     res_st: int = 0                        # first residual-block resolution; 0 = resolution / 4
     mask_threshold: float = 0.0            # hard gate 1[M >= threshold]
-    # optimisation (spec §2.6, §2.8)
+    # optimisation (docs/dfmgan.md §2.6, §2.8)
     batch: int = 32                        # total over ranks; divisible by mbstd_group, even for MS
     lr: float = 0.0025                     # G, D and D_match (before the lazy-regularisation rescaling)
     r1_gamma: float | None = None          # None = 0.0002·resolution²/batch (0.4096 at 256 px, batch 32)
@@ -46,14 +46,14 @@ class GanConfig:
     pl_decay: float = 0.01
     G_reg_interval: int = 4
     D_reg_interval: int = 16
-    # ADA (spec §2.7)
+    # ADA (docs/dfmgan.md §2.7)
     augment: bool = True                   # ADA 'bgc' on everything D sees
     augment_p: float = 0.0                 # initial p (both stages; the reference restarts p in stage 2)
     ada_target: float | None = 0.6         # E[sign D(x_real)] target; None = keep p fixed
     ada_interval: int = 4
     ada_kimg: float = 500                  # p can move by 1 per ada_kimg (stage 1)
     ada_kimg_stage2: float = 100           # faster, as whenever the reference resumes
-    # stage 2 (paper §3.3, spec §5.2-5.3)
+    # stage 2 (paper §3.3, docs/dfmgan.md §3.4-3.5)
     lambda_match: float = 1.0
     lambda_ms: float = 0.1                 # mode-seeking weight λ
     tanh_k: float = 10.0                   # soft mask tanh(k·M) for D_match and MS
@@ -65,14 +65,14 @@ class GanConfig:
     tick_kimg: float = 4.0                 # one report per tick
     checkpoint_minutes: float | None = 10.0  # at the first tick this long after the last checkpoint;
                                            # 0 = at every tick, None = only the final one
-    # generation and metrics (spec §7.5, §8)
+    # generation and metrics (docs/dfmgan.md §4, §5)
     n_generate: int = 64                   # triplets written at the end of stage 2
     n_pictures: int = 16                   # samples in stage 1's grid and triplets in stage 2's
     kid_gen: int = 5000                    # generated images for KID
     clpips_gen: int = 1000                 # generated images for clustered LPIPS
     clpips_cap: int = 200                  # images kept per cluster
     weights_dir: str | None = None         # Inception / AlexNet / ResNet-34 files (plus the defaults)
-    # classification protocol (paper §4.3, spec §8.4)
+    # classification protocol (paper §4.3, docs/dfmgan.md §6)
     partition: int | None = None           # which seeded partition; None = all `partitions`
     partitions: int = 3
     base_fraction: float = 1 / 3           # of each defect type's images: stage-2 training ("base") set
@@ -136,7 +136,7 @@ class GanConfig:
 # Presets: flat deltas on the defaults (= the paper setting).
 PRESETS: dict[str, dict] = {
     "paper": {},
-    # a CPU laptop: spec §9's 64×64 smoke networks, about 10 minutes per stage on 2 cores (the CLI's
+    # a CPU laptop: the 64×64 smoke networks of docs/dfmgan.md §7, about 10 minutes per stage on 2 cores (the CLI's
     # minute budgets may end a stage earlier); lr ×4 because 10 kimg is 1/300 of the paper's stage 1
     # (at 0.0025 stage 1 still draws blobs after 4 minutes, at 0.01 it draws the object)
     "small": {"resolution": 64, "z_dim": 128, "w_dim": 128, "channel_base": 2048, "channel_max": 128,

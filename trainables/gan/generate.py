@@ -1,4 +1,4 @@
-"""Generation with a trained DFMGAN (spec §7.5): (defect image, mask, defect-free twin) triplets.
+"""Generation with a trained DFMGAN (docs/dfmgan.md §4): (defect image, mask, defect-free twin) triplets.
 
 The twin comes from the same object code z and the same constant noise with the defect
 branch cut off (the reference's `fix_residual_to_zero`), so the two differ only where the

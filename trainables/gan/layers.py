@@ -1,4 +1,4 @@
-"""StyleGAN2 primitives in plain PyTorch (Karras et al. 2020, as used by DFMGAN; spec §2.2-2.5).
+"""StyleGAN2 primitives in plain PyTorch (Karras et al. 2020, as used by DFMGAN; docs/dfmgan.md §2.2-2.5).
 
 Equalised-learning-rate fully connected and convolution layers, the [1,3,3,1] FIR filter for
 every up- and downsampling, the modulated 3×3 convolution with demodulation and per-layer
@@ -6,7 +6,7 @@ noise, and the ToRGB/ToMask 1×1 modulated convolution. No custom CUDA ops: resa
 depthwise convolution (or, in the upsampling conv, folded into a 6×6 transposed conv),
 modulation scales activations before and after a shared convolution (the non-fused form,
 mathematically equal to the grouped one). fp32 only, so the ±256 clamp
-of the reference's fp16 path is dropped (spec §2.9).
+of the reference's fp16 path is dropped (docs/dfmgan.md §2.9).
 """
 
 import math
@@ -35,7 +35,7 @@ def activate(x: torch.Tensor, activation: str) -> torch.Tensor:
     return x
 
 
-# ---------------------------------------------------------------- FIR resampling (spec §2.2)
+# ---------------------------------------------------------------- FIR resampling (docs/dfmgan.md §2.2)
 
 def fir_filter(taps=(1, 3, 3, 1)) -> torch.Tensor:
     """The separable 2-D low-pass filter, outer product of `taps`, normalised to sum 1. [k, k]"""
@@ -68,7 +68,7 @@ def downsample2d(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
     return _depthwise(x, f, (p, p, p, p), stride=2)
 
 
-# ---------------------------------------------------------------- equalised-lr layers (spec §2.2)
+# ---------------------------------------------------------------- equalised-lr layers (docs/dfmgan.md §2.2)
 
 class FullyConnected(nn.Module):
     """Dense layer with equalised learning rate: weight N(0,1)/lr_mul, scaled at run time."""
@@ -125,7 +125,7 @@ class Conv2dLayer(nn.Module):
         return activate(x, self.activation)
 
 
-# ---------------------------------------------------------------- modulated convolutions (spec §2.4)
+# ---------------------------------------------------------------- modulated convolutions (docs/dfmgan.md §2.4)
 
 class ModulatedConv(nn.Module):
     """StyleGAN2's synthesis layer: style-modulated 3×3 conv (×2 upsampling optional), demodulation,
@@ -194,7 +194,7 @@ class ToImage(nn.Module):
         return x + self.bias[None, :, None, None]
 
 
-# ---------------------------------------------------------------- ADA's wavelet (spec §2.7)
+# ---------------------------------------------------------------- ADA's wavelet (docs/dfmgan.md §2.7)
 
 # Symlet-6 low-pass decomposition filter (orthonormal: Σh = √2, Σh² = 1, 6 vanishing moments),
 # ADA's anti-aliasing filter for its geometric transforms.

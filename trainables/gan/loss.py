@@ -1,4 +1,4 @@
-"""Losses of StyleGAN2-ADA (stage 1) and DFMGAN (stage 2), one method per training phase (spec §5, §6.4).
+"""Losses of StyleGAN2-ADA (stage 1) and DFMGAN (stage 2), one method per training phase (docs/dfmgan.md §3.4, §3.7).
 
 Phases, in the order a training iteration runs them: `G_main` (non-saturating loss through
 ADA; stage 2 adds λ_match·D_match's loss and λ_ms·the mode-seeking loss), `G_reg` (path-length
@@ -86,7 +86,7 @@ class DFMGANLoss:
         return terms
 
     def mode_seeking(self, mask: torch.Tensor, ws: torch.Tensor, ws_defect: torch.Tensor) -> torch.Tensor:
-        """L_ms = mean|w_d1 - w_d2| / mean|M1 - M2| (spec §5.3, 'w/mask'): the first half's object code
+        """L_ms = mean|w_d1 - w_d2| / mean|M1 - M2| (docs/dfmgan.md §3.5, 'w/mask'): the first half's object code
         rendered with the second half's defect code; the numerator keeps its gradient, as in the
         reference. The 1e-5 keeps identical masks from dividing by zero."""
         half = ws.shape[0] // 2

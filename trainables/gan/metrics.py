@@ -1,4 +1,4 @@
-"""DFMGAN's generation metrics (spec §8): KID (×10³) and clustered LPIPS, both optional.
+"""DFMGAN's generation metrics (docs/dfmgan.md §5): KID (×10³) and clustered LPIPS, both optional.
 
 KID: Inception-v3 2048-d pool features (torch-fidelity's port of the 2015-12-05 TF graph) of
 all real defect images vs `n_gen` generated ones (noise 'random', independent z and z_defect),
@@ -7,7 +7,7 @@ min(n_real, n_gen, 1000), reported ×10³. Clustered LPIPS (Ojha et al. 2021, DF
 `clpips1k`): LPIPS-AlexNet assigns each generated image (seeds 0..n-1, z_defect = z, noise
 'const') to its nearest real image, keeps at most 200 per cluster, and averages the mean
 pairwise LPIPS within each cluster over all clusters (clusters of ≤ 1 image count 0). Unlike
-the reference, reals are scaled to [-1, 1] before LPIPS (spec §8.3's bug). Weights are never
+the reference, reals are scaled to [-1, 1] before LPIPS (the reference's bug, docs/dfmgan.md §5.2). Weights are never
 downloaded here: without them a metric is the string "unavailable" and its `_note` says how
 to provision them.
 """

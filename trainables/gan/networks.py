@@ -1,4 +1,4 @@
-"""DFMGAN's networks (Duan et al., AAAI 2023) on a StyleGAN2 backbone (spec §2-4).
+"""DFMGAN's networks (Duan et al., AAAI 2023) on a StyleGAN2 backbone (docs/dfmgan.md §2-3).
 
 Generator: a mapping network z -> W+, a skip-ToRGB synthesis network b4..bR; with `res_st`
 set (stage 2) also the defect mapping z_defect -> W_defect+, defect-aware residual blocks
@@ -19,14 +19,14 @@ from trainables.gan.layers import (Conv2dLayer, FullyConnected, ModulatedConv, T
 
 
 def channels(resolution: int, channel_base: int, channel_max: int) -> int:
-    """Feature maps at one resolution: min(base / res, max) (spec §2.4)."""
+    """Feature maps at one resolution: min(base / res, max) (docs/dfmgan.md §2.4)."""
     return min(channel_base // resolution, channel_max)
 
 
 # ---------------------------------------------------------------- generator
 
 class MappingNetwork(nn.Module):
-    """z -> w: 2nd-moment normalisation, lrelu FC layers with lr multiplier, broadcast to W+ (§2.3)."""
+    """z -> w: 2nd-moment normalisation, lrelu FC layers with lr multiplier, broadcast to W+ (docs/dfmgan.md §2.3)."""
 
     def __init__(self,
                  z_dim: int,
@@ -193,7 +193,7 @@ class Generator(nn.Module):
 # ---------------------------------------------------------------- discriminators
 
 class DiscriminatorBlock(nn.Module):
-    """Resnet D block: conv0 3×3, conv1 3×3 ×½, 1×1 skip ×½; output √½ (skip + conv1) (§2.5)."""
+    """Resnet D block: conv0 3×3, conv1 3×3 ×½, 1×1 skip ×½; output √½ (skip + conv1) (docs/dfmgan.md §2.5)."""
 
     def __init__(self,
                  tmp_channels: int,
@@ -243,7 +243,7 @@ class Discriminator(nn.Module):
     def __init__(self,
                  img_resolution: int = 256,
                  img_channels: int = 3,        # 3 = D (RGB); 4 = D_match (RGB ⊕ mask)
-                 channel_base: int = 16384,    # 4096 for D_match (spec §4.2)
+                 channel_base: int = 16384,    # 4096 for D_match (docs/dfmgan.md §3.3)
                  channel_max: int = 512,       # 128 for D_match
                  mbstd_group: int = 4):
         super().__init__()

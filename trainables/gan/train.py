@@ -6,7 +6,7 @@ backbone generator and trains the defect mapping, the residual blocks with ToMas
 D and a new D_match on one defect type's images and masks, then generates triplets and
 computes the metrics. One iteration runs the phases G_main, G_reg (every 4th), D_main, D_reg
 (every 16th), and in stage 2 Dm_main, Dm_reg (every 16th), then the EMA of G and, every 4th,
-ADA's p update (spec §6.4). Every iteration seeds torch from (seed, rank, iteration), and a
+ADA's p update (docs/dfmgan.md §3.7). Every iteration seeds torch from (seed, rank, iteration), and a
 checkpoint holds G, G_ema, D, D_match, every optimiser, ADA p and its pending statistics, the
 path-length mean, the counters and the RNG: running the same config with `resume` set
 continues bit for bit (the reference loses the optimisers, ADA p and D_match on resume,
@@ -42,7 +42,7 @@ from trainables.pictures import grid
 from trainables.runtime import Interval, agree, load_category_or_fail, rank_world, snapshot
 
 Report = Callable[..., None]
-# fields that shape the networks: stage 2 must be built exactly like its stage 1 (spec §6.3)
+# fields that shape the networks: stage 2 must be built exactly like its stage 1 (docs/dfmgan.md §2.1, §3.6)
 ARCHITECTURE = ("resolution", "z_dim", "w_dim", "mapping_layers", "channel_base", "channel_max", "mbstd_group")
 
 
@@ -170,7 +170,7 @@ def run(cfg: GanConfig, stage: int, report: Report, images: np.ndarray, masks: n
     G, D, D_match = build_networks(cfg, stage)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     if stage == 2 and resume is None:
-        # the reference copies stage 1's G into G, its G_ema into G_ema and its D into D (spec §6.3)
+        # the reference copies stage 1's G into G, its G_ema into G_ema and its D into D (docs/dfmgan.md §3.6)
         stage1 = load_stage1(cfg)
         load_backbone(G, stage1["G"])
         load_backbone(G_ema, stage1["G_ema"])
