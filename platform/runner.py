@@ -121,11 +121,11 @@ def run(sweep: Sweep) -> Outcome:
         print(f"warning: {where} is inside this job's temporary working dir; pass --storage / --tracking-uri "
               f"(or MLFLOW_TRACKING_URI) to keep results")
     resolve_data(sweep.plan.data)  # generate the embedded set once here, not in N trials at once
+    started_ray, where = tuner.connect_ray()
+    print(where)
     signals = Signals()
-    with signals:
-        started_ray, where = tuner.connect_ray()
-        print(where)
-        parent, writer = None, None
+    with signals:  # after Ray: ray.init installs a SIGTERM handler of its own (it aborts the driver)
+        parent, writer, began = None, None, time.monotonic()
         try:
             on_cluster = bool(os.environ.get("RAY_ADDRESS")) or not started_ray
             sizing = size_for_cluster(sweep.resources, ray.cluster_resources(), on_cluster)

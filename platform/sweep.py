@@ -72,7 +72,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
                                                            "(a relative path is resolved here, on the driver)")
     parser.add_argument("--categories", nargs="+", help="categories to sweep (default: all of the dataset's)")
     parser.add_argument("--preset", default="small", help="trainer preset: tiny (tests), small (CPU laptop), paper")
-    parser.add_argument("--seeds", type=int, default=1, help="seeds per cell (0..N-1)")
+    parser.add_argument("--seeds", type=int, help=f"seeds per cell (0..N-1; default {PAPER_SEEDS} for the paper "
+                                                   f"preset, where the tables test differences between rows, else 1)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override one trainer config field in every trial; repeatable")
     parser.add_argument("--workers-per-trial", type=int, default=1,
@@ -188,6 +189,8 @@ def sweep_from_args(args) -> Sweep:
                  retries=args.retries, tracking_outage_s=60 * args.tracking_outage_minutes)
 
 
+PAPER_SEEDS = 3  # the paper preset's default: enough (category, seed) pairs for the comparisons table
+
 # flags a resumed sweep keeps from its record: they change the plan or where it lives
 FIXED_ON_RESUME = ("data", "categories", "preset", "seeds", "set", "grid", "rows", "defects", "lambdas", "partitions",
                    "samples", "row", "workers_per_trial", "gpus_per_trial", "cpus_per_worker", "driver_resource",
@@ -210,17 +213,18 @@ def build_options_from(args) -> dict:
     A dataset path is made absolute here, on the driver: workers run elsewhere."""
     extra = parse_overrides(args.set)
     info = dataset_info(args.data)
+    seeds = args.seeds if args.seeds is not None else PAPER_SEEDS if args.preset == "paper" and args.kind != "hpo" else 1
     data = args.data if args.data == "embedded" else str(info.path)
     options = {"data": data, "categories": list(args.categories) if args.categories else None,
                "preset": args.preset, "extra": extra}
     if args.kind == "ablation":
-        options.update(grid=args.grid, rows=args.rows, seeds=args.seeds)
+        options.update(grid=args.grid, rows=args.rows, seeds=seeds)
     elif args.kind == "gan":
-        options.update(defects=args.defects, lambdas=args.lambdas, seeds=args.seeds)
+        options.update(defects=args.defects, lambdas=args.lambdas, seeds=seeds)
     elif args.kind == "classify":
-        options.update(partitions=args.partitions, seeds=args.seeds)
+        options.update(partitions=args.partitions, seeds=seeds)
     elif args.kind == "hpo":
-        if args.seeds != 1:
+        if seeds != 1:
             raise UserInputError(f"--seeds {args.seeds}: hpo runs one seed per study (seed 0)")
         options.update(samples=args.samples, row=args.row)
     return options

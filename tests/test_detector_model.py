@@ -11,6 +11,7 @@ from trainables.data import load_category, resolve_data
 from trainables.detector.losses import DetectorLoss, focal_loss, ssim
 from trainables.detector.model import DefectPredictor, LargeKernelConv, LargeKernelUnit, ReconstructionNet
 from trainables.detector.synthesis import AnomalySynthesizer, build_source_pool
+from trainables.detector.pipeline import batch_at
 from trainables.detector.train import _train_step, build_networks, make_config, synthesis_params
 
 
@@ -119,17 +120,17 @@ def test_every_switch_combination_trains_one_step(tiny_root, df, lk, source, upd
     optimizer = torch.optim.Adam([p for n in trained for p in n.parameters()], lr=1e-3)
     if F is not None and update == "copy":
         F.eval()
-    batch = synth.batch(np.random.default_rng(0), cfg.batch_size)
+    batch = batch_at(synth, seed=0, rank=0, step=0, n=cfg.batch_size)  # what the input pipeline hands a step
     S = cfg.img_size
     assert batch["I_a"].shape == (cfg.batch_size, 3, S, S) and batch["M"].shape == (cfg.batch_size, 1, S, S)
-    I_a = torch.from_numpy(batch["I_a"])
+    I_a = batch["I_a"]
     assert R(I_a).shape == (cfg.batch_size, 3, S, S)
     assert D(torch.cat([R(I_a), I_a], 1)).shape == (cfg.batch_size, 2, S, S)
     terms = _train_step(cfg, batch, R, D, F, DetectorLoss(), optimizer, torch.device("cpu"))
     assert ("df" in terms) == df and all(np.isfinite(v) for v in terms.values())
     assert all(p.grad is not None for p in R.parameters()) and all(p.grad is not None for p in D.parameters())
     if F is not None:
-        features = F(torch.from_numpy(batch["I"]))
+        features = F(batch["I"])
         assert [f.shape[1] for f in features] == [cfg.r_base * m for m in (4, 8, 8)]
         has_grad = [p.grad is not None for p in F.parameters()]
         assert all(has_grad) if update == "grad" else not any(has_grad)

@@ -43,7 +43,7 @@ from trainables.errors import UserInputError
 from trainables.methods import load_entry, make_trial_config
 
 USER_ERROR = "user_error"   # a report with this key: the trial failed on bad input (no retry)
-REPORT_FILE = "report.json"  # in a checkpoint folder: the index of the report that saved it
+REPORT_FILE = "report.json"  # in a checkpoint folder: the report that saved it (its index and metrics)
 
 def trial_config(method: str, config: dict, *, name: str, group: str = "", params: dict | None = None,
                  workers: int = 1, cpus_per_worker: float = 1, gpus_per_worker: float = 0,
@@ -88,11 +88,13 @@ def _run_direct(trial: dict, sampled: dict) -> None:
                 tune.report(stamped)
                 return
             with tempfile.TemporaryDirectory(prefix="ckpt-") as folder:
-                _persist(checkpoint, folder, reporter.index)
+                _persist(checkpoint, folder, stamped)
                 tune.report(stamped, checkpoint=tune.Checkpoint.from_directory(folder))
 
     with _resume_folder(tune.get_checkpoint(), trial) as resume, _local_inputs(trial) as trial:
         reporter = _Reporter(resume)
+        if reporter.resumed:
+            tune.report(reporter.resumed)  # see _Reporter
         try:
             cfg = worker_config(trial, sampled, resume=resume)
             entry(cfg, report)
@@ -147,12 +149,14 @@ def _train_worker(loop_config: dict) -> None:
                 ray.train.report(stamped)
                 return
             with tempfile.TemporaryDirectory(prefix="ckpt-") as folder:
-                _persist(checkpoint, folder, reporter.index)
+                _persist(checkpoint, folder, stamped)
                 ray.train.report(stamped, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
     device = ray.train.torch.get_device()  # this rank's GPU, or cpu
     with _resume_folder(ray.train.get_checkpoint(), trial) as resume, _local_inputs(trial) as trial:
         reporter = _Reporter(resume)
+        if reporter.resumed:
+            ray.train.report(reporter.resumed)  # every rank, like every report (see _Reporter)
         try:
             cfg = worker_config(trial, sampled, resume=resume, device=str(device))
             entry(cfg, report)
@@ -170,9 +174,9 @@ def _quiet_checkpoint_logs() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def _persist(checkpoint: dict, folder: str, report_index: int) -> None:
+def _persist(checkpoint: dict, folder: str, report: dict) -> None:
     persist(checkpoint, folder)
-    (Path(folder) / REPORT_FILE).write_text(json.dumps({"report_index": report_index}))
+    (Path(folder) / REPORT_FILE).write_text(json.dumps(report, default=str))
 
 
 @contextlib.contextmanager
@@ -222,15 +226,22 @@ class _Reporter:
     """Stamps every report with `report_index` (1, 2, ... over the trial's whole life: it
     continues from the checkpoint a restarted trial resumes, so the driver logs each index once
     and a replayed report is recognisable) and with `trainer_s` (seconds in the loop, excluding
-    the time inside `report`) and `report_s` (time persisting reports)."""
+    the time inside `report`) and `report_s` (time persisting reports).
+
+    A checkpoint folder keeps the report that saved it (`report.json`). A trial resuming from
+    it sends that report again first (`resumed`): the driver may have stopped before logging
+    it (the checkpoint reaches storage before its report reaches the driver); if it was logged,
+    the driver drops the copy. So no step is missing from a resumed trial's history."""
 
     def __init__(self, resume: str | None):
         self.start = time.perf_counter()
         self.report_s = 0.0
         self.index = 0
-        marker = Path(resume) / REPORT_FILE if resume else None
-        if marker is not None and marker.exists():
-            self.index = int(json.loads(marker.read_text())["report_index"])
+        self.resumed: dict | None = None
+        saved = Path(resume) / REPORT_FILE if resume else None
+        if saved is not None and saved.exists():
+            self.resumed = json.loads(saved.read_text())
+            self.index = int(self.resumed["report_index"])
 
     @contextlib.contextmanager
     def stamp(self, metrics: dict[str, Any]):
