@@ -417,29 +417,32 @@ HPO_SHOWN = ("val_image_AUROC", "val_pixel_AUROC", "image_AUROC", "pixel_AUROC",
 def hpo_tables(trials: list[Trial]) -> list[Table]:
     """The trial chosen per category by the validation metric, with its test metrics beside it.
 
-    The test metrics play no part in the choice: each trial measured them once, at its end, and
-    a trial without a validation metric (a sweep from before the validation split) is not
-    ranked rather than ranked on the test split."""
+    The test metrics play no part in the choice: each trial measured them once, at its end.
+    Ranked are the trials that ran to their end (`final`): one ASHA stopped has a validation
+    metric of fewer steps and no test metric. A trial without a validation metric (a sweep
+    from before the validation split) is not ranked rather than ranked on the test split."""
     trials = [t for t in trials if t.status == "FINISHED"]
     rows = {}
     for category in sorted({t.category for t in trials}):
         mine = [t for t in trials if t.category == category]
-        scored = [t for t in mine if isinstance(t.values.get(HPO_SELECT), float)]
+        scored = [t for t in mine if isinstance(t.values.get(HPO_SELECT), float) and t.values.get("final") == 1]
+        stopped = sum(t.values.get("final") != 1 for t in mine)
         if not scored:
-            rows[category] = {"trials": len(mine)}
+            rows[category] = {"trials": len(mine), "stopped early": stopped}
             continue
         chosen = max(scored, key=lambda t: t.values[HPO_SELECT])
         rows[category] = {
             **{_hpo_header(m): _fmt_value(chosen.values.get(m)) for m in HPO_SHOWN},
-            "trials": len(mine), "run": chosen.name,
+            "trials": len(mine), "stopped early": stopped, "run": chosen.name,
             **{k: f"{float(chosen.params[k]):.3g}" for k in ("lr", "w_l2", "w_ssim", "w_df") if k in chosen.params}}
-    columns = [_hpo_header(m) for m in HPO_SHOWN] + ["trials", "run"]
+    columns = [_hpo_header(m) for m in HPO_SHOWN] + ["trials", "stopped early", "run"]
     frame = pd.DataFrame.from_dict(rows, orient="index")
     frame = frame.reindex(columns=columns + [c for c in frame.columns if c not in columns]).fillna(MISSING)
     frame.index.name = "category"
     notes = [f"Chosen by {HPO_SELECT} (%): the trial's own synthetic anomalies on its held-out share of "
              "train/good (val_fraction, docs/detector.md §5.3); Optuna and ASHA saw nothing else. The test "
              "columns are that trial's test split, measured once at its end and never used to choose. "
+             "Only trials that ran to their end are ranked (ASHA stops some early). "
              "The validation anomalies are synthetic, so its ranking can differ from the test split's."]
     return [Table("hpo_best", "Best trial per category by validation image AUROC, with its test-split metrics",
                   frame, notes)]
