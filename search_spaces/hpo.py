@@ -58,7 +58,8 @@ def build(data: str = "embedded", categories=None, samples: int = 8, row: int = 
         slug = variant.slug(bool(extra.get("dtd_root")))
         template = TrialSpec(method="detector", name=f"{category}-{slug}-hpo", group=slug, category=category,
                              seed=0, params=labels(variant, "hpo", bool(extra.get("dtd_root"))),
-                             overrides={"val_fraction": VAL_FRACTION, **extra, **variant.overrides, "category": category, "seed": 0})
+                             overrides={"val_fraction": VAL_FRACTION, **extra, **variant.overrides,
+                                        "category": category, "seed": 0})
         phases.append(Phase(f"hpo-{category}", (template,), search))
     options = {"categories": list(categories), "samples": samples, "row": row, "space": space, "set": extra}
     plan = SweepPlan("hpo", preset, data, info.dataset, options, tuple(phases),

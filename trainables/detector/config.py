@@ -85,7 +85,8 @@ class DetectorConfig:
         if len(self.opacity_range) != 2 or not 0 <= self.opacity_range[0] <= self.opacity_range[1] <= 1:
             raise UserInputError(f"opacity_range={list(self.opacity_range)}: expected [lo, hi] with 0 <= lo <= hi <= 1")
         if not 0 <= self.val_fraction < 1:
-            raise UserInputError(f"val_fraction={self.val_fraction}: expected a share in [0, 1) (0 = no validation split)")
+            raise UserInputError(f"val_fraction={self.val_fraction}: expected a share in [0, 1) "
+                                 "(0 = no validation split)")
         if not 0 <= self.p_anom <= 1 or not 0 <= self.rot_p <= 1:
             raise UserInputError("p_anom and rot_p: expected probabilities in [0, 1]")
         if not 0 <= self.n_augmenters <= 10:
