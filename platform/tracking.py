@@ -359,7 +359,8 @@ class MLflowTrialCallback(Callback):
 
     def _print(self, trials, trial, status: str, result: dict, timing: dict) -> None:
         name = trial_name(trial)
-        keys = ("image_AUROC", "pixel_AUROC", "pixel_AP", "image_AP", "KID_x1e3", "clustered_LPIPS", "accuracy")
+        keys = ("val_image_AUROC", "image_AUROC", "pixel_AUROC", "pixel_AP", "image_AP", "KID_x1e3",
+                "clustered_LPIPS", "accuracy")
         shown = " ".join(f"{k}={result[k]:.4f}" if isinstance(result[k], float) else f"{k}={result[k]}"
                          for k in keys if k in result)
         times = ""

@@ -93,8 +93,8 @@ def _search_setup(search, template: dict, concurrent: int):
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
 
-    # Optuna's objective exists only in a trial's last report; Tune's strict check would
-    # reject every earlier report, and OptunaSearch would fail on them (_final_metric_optuna)
+    # an objective may exist only in a trial's last report (the detector's val_image_AUROC is in
+    # every one); Tune's strict check would reject the others, OptunaSearch fail on them
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     config = template["config"]
     reports = max(1, config.get("epochs", 100) // max(1, config.get("report_every", 1)))
@@ -110,8 +110,8 @@ def _search_setup(search, template: dict, concurrent: int):
 
 
 def _final_metric_optuna():
-    """OptunaSearch that skips reports without its metric (the detector's objective comes last;
-    the stock class raises KeyError on the first epoch's report)."""
+    """OptunaSearch that skips reports without its metric (a trainer may report its objective
+    only at its end; the stock class raises KeyError on the earlier reports)."""
     from ray.tune.search.optuna import OptunaSearch
 
     class FinalMetricOptunaSearch(OptunaSearch):

@@ -5,11 +5,13 @@ a category is not a hyper-parameter to optimise but a separate problem. Each stu
 learning rate and the loss weights λ1 (L2), λ2 (SSIM) and λ3 (L_DF, the deep-feature term)
 around a template trial (the full model, Table 4 row 7, unless `variant` says otherwise).
 
-Optuna maximises the final `image_AUROC`; ASHA stops weak trials early on the segmentation
-(focal) loss, the only signal every epoch's report carries, and unweighted so trials with
-different λ stay comparable. ASHA belongs here only: an ablation table needs every cell.
-Caveat: the detector has no validation split, so the objective is measured on the test split
-and the best trial's number is optimistic; use it to choose settings, not to report results.
+Selection never sees the test split: every trial holds `val_fraction` of its category's
+train/good images out of training (the same images for every trial of a study: `val_seed`),
+turns them into a labelled validation set with its own synthesis, and reports
+`val_image_AUROC` at each report (docs/detector.md §5.3). Optuna maximises the final one;
+ASHA stops weak trials early on the same metric, per report. The test split is decoded once,
+at the end of each trial, and the table reports the test metrics of the trial chosen by the
+validation metric. ASHA belongs here only: an ablation table needs every cell.
 """
 
 from search_spaces.ablation import PAPER_ROWS, Variant, labels
@@ -24,8 +26,9 @@ SPACE: dict[str, tuple[str, float, float]] = {
     "w_ssim": ("uniform", 0.2, 2.0),
     "w_df": ("loguniform", 0.02, 1.0),
 }
-METRIC, MODE = "image_AUROC", "max"
-ASHA_METRIC, ASHA_MODE = "loss/focal", "min"
+METRIC, MODE = "val_image_AUROC", "max"
+ASHA_METRIC, ASHA_MODE = "val_image_AUROC", "max"   # every report carries it (val_fraction > 0)
+VAL_FRACTION = 0.2                                  # share of train/good held out; --set val_fraction=F
 DISTRIBUTIONS = ("uniform", "loguniform")
 
 
@@ -37,6 +40,10 @@ def build(data: str = "embedded", categories=None, samples: int = 8, row: int = 
     space = dict(SPACE if space is None else space)
     _check_space(space)
     extra = check_extra(extra, tuple(space) + ("anomaly_source", "df", "lk", "df_update"))
+    val_fraction = extra.get("val_fraction", VAL_FRACTION)
+    if not 0 < float(val_fraction) < 1:
+        raise UserInputError(f"--set val_fraction={val_fraction}: hpo selects on the validation split; "
+                             "expected a share in (0, 1)")
     if samples < 1:
         raise UserInputError(f"--samples {samples}: expected at least 1 trial per study")
     if row not in PAPER_ROWS or PAPER_ROWS[row][0] is None:
@@ -51,12 +58,13 @@ def build(data: str = "embedded", categories=None, samples: int = 8, row: int = 
         slug = variant.slug(bool(extra.get("dtd_root")))
         template = TrialSpec(method="detector", name=f"{category}-{slug}-hpo", group=slug, category=category,
                              seed=0, params=labels(variant, "hpo", bool(extra.get("dtd_root"))),
-                             overrides={**extra, **variant.overrides, "category": category, "seed": 0})
+                             overrides={"val_fraction": VAL_FRACTION, **extra, **variant.overrides,
+                                        "category": category, "seed": 0})
         phases.append(Phase(f"hpo-{category}", (template,), search))
     options = {"categories": list(categories), "samples": samples, "row": row, "space": space, "set": extra}
     plan = SweepPlan("hpo", preset, data, info.dataset, options, tuple(phases),
-                     ("hpo optimises a test-split metric (no validation split): choose settings with it, "
-                      "report ablation sweeps",))
+                     (f"hpo selects on val_image_AUROC ({float(val_fraction):g} of train/good held out, "
+                      "synthetic anomalies); the test split is read once per trial, at its end",))
     plan = validate_plan(plan)
     # the sampled values reach the worker's config: its bounds must be valid values too
     for bound in (1, 2):

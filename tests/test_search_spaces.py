@@ -87,8 +87,11 @@ def test_hpo_one_study_per_category():
     assert [p.name for p in plan.phases] == ["hpo-weave", "hpo-bolt"]
     assert plan.n_runs == 10
     search = plan.phases[0].search
-    assert set(search.space) == {"lr", "w_l2", "w_ssim", "w_df"} and search.metric == "image_AUROC"
-    assert search.asha_metric == "loss/focal"  # every epoch reports it, unweighted by the sampled λ
+    assert set(search.space) == {"lr", "w_l2", "w_ssim", "w_df"} and search.metric == "val_image_AUROC"
+    assert search.asha_metric == "val_image_AUROC"  # every report carries it: selection never sees the test split
+    assert all(t.cfg.val_fraction == hpo.VAL_FRACTION for t in plan.trials)
+    assert search_spaces.build("hpo", categories=["weave"], samples=1, preset="tiny",
+                               extra={"val_fraction": 0.3}).trials[0].cfg.val_fraction == 0.3
     no_df = search_spaces.build("hpo", categories=["weave"], row=6, samples=2, preset="tiny")
     assert "w_df" not in no_df.phases[0].search.space  # row 6 has no deep-feature term to weigh
 
@@ -100,6 +103,7 @@ def test_hpo_one_study_per_category():
     ({"space": {"lr": ("loguniform", 0, 1)}}, "low > 0"),
     ({"space": {"momentum": ("uniform", 0.1, 0.9)}}, "unknown config key"),
     ({"extra": {"lr": 1e-3}}, "set by the sweep itself"),
+    ({"extra": {"val_fraction": 0}}, "selects on the validation split"),
 ])
 def test_hpo_rejects_bad_input(options, message):
     with pytest.raises(UserInputError, match=message):

@@ -143,7 +143,18 @@ def test_hpo_runs_one_optuna_study_per_category(ray_runtime, tmp_path, capsys):
     assert len(children) == 2
     sampled = [float(c.data.params["lr"]) for c in children]
     assert len(set(sampled)) == 2 and all(1e-5 <= lr <= 3e-3 for lr in sampled)
-    assert "Best trial per category" in out
+    assert "Best trial per category by validation image AUROC" in out
+    # every report carried the validation metric (ASHA's and Optuna's); the table names the trial
+    # that ran to its end with the best one, whatever its test metric
+    client = tracking.client(uri)
+    ended = [c for c in children if c.data.metrics.get("final") == 1]
+    assert ended and all("image_AUROC" in c.data.metrics for c in ended)
+    for child in children:
+        history = client.get_metric_history(child.info.run_id, "val_image_AUROC")
+        assert len(history) >= (2 if child in ended else 1)
+    chosen = max(ended, key=lambda c: c.data.metrics["val_image_AUROC"])
+    row = next(line for line in out.splitlines() if line.startswith("| weave"))
+    assert chosen.data.tags[tracking.TRIAL_NAME_TAG] in row
     client = tracking.client(uri)
     template = make_trial_config("detector", "tiny", {"category": "weave"}).__dict__
     for child in children:  # the whole config, with the sampled values in place, as params and config.json

@@ -209,3 +209,30 @@ def test_report_finds_a_sweep_by_id_only(store, capsys):
     assert sweep.main(["report", "ablation-paper-rows-tiny-12345678", "--tracking-uri", store]) == 0
     out = capsys.readouterr().out
     assert "Ablation summary in the layout of Table 4" in out and "mlflow ui --backend-store-uri" in out
+
+
+def test_hpo_table_chooses_by_the_validation_metric_and_reports_the_test_metric_beside_it(store):
+    """Three weave trials: the best on the test split (t2) is not the best on validation (t1);
+    the table must pick t1 and show t1's test number; t4, stopped early by ASHA at a higher
+    validation metric, has no test metric and is not ranked either. A bolt trial from before
+    the validation split (test metric only) is not ranked."""
+    def child(name, category, lr, val, test, status="FINISHED"):
+        metrics = {"image_AUROC": test, "pixel_AUROC": 0.9, "image_AP": 0.8, "pixel_AP": 0.3, "final": 1}
+        if val is not None:
+            metrics.update({"val_image_AUROC": val, "val_pixel_AUROC": 0.7})
+        return {"name": name, "status": status, "metrics": metrics,
+                "params": {"category": category, "group": "row 7", "seed": 0, "lr": lr, "w_l2": 1.0}}
+
+    children = [child("weave-t0", "weave", 1e-4, 0.60, 0.70), child("weave-t1", "weave", 2e-4, 0.80, 0.65),
+                child("weave-t2", "weave", 3e-4, 0.70, 0.95), child("weave-t3", "weave", 4e-4, 0.99, 0.99, "FAILED"),
+                child("weave-t4", "weave", 5e-4, 0.95, None), child("bolt-t0", "bolt", 1e-4, None, 0.90)]
+    del children[4]["metrics"]["final"], children[4]["metrics"]["image_AUROC"]  # stopped before its last report
+    [table] = tables.build_and_log(store, make_sweep(store, "hpo", children))
+    frame = table.frame
+    assert frame.loc["weave", "run"] == "weave-t1" and frame.loc["weave", "lr"] == "0.0002"
+    assert frame.loc["weave", "image_AUROC (val)"] == "80.00" and frame.loc["weave", "image_AUROC (test)"] == "65.00"
+    assert frame.loc["weave", "pixel_AUROC (val)"] == "70.00" and frame.loc["weave", "trials"] == 4
+    assert frame.loc["weave", "stopped early"] == 1
+    assert frame.loc["bolt", "run"] == "–" and frame.loc["bolt", "image_AUROC (test)"] == "–"
+    text = table.markdown()
+    assert "optimistic" not in text and "Chosen by val_image_AUROC" in text

@@ -84,12 +84,20 @@ def snapshot(obj):
     return obj
 
 
-def load_category_or_fail(data: str, category: str, size: int):
-    """(DataRoot, CategoryData) of `category` under `data` ("embedded" or an MVTec-layout
-    folder) at size×size; a UserInputError naming the categories there if it is absent."""
-    from trainables.data import load_category, resolve_data
+def resolve_category_or_fail(data: str, category: str):
+    """The DataRoot of `data` ("embedded" or an MVTec-layout folder), which must hold
+    `category`: else a UserInputError naming the categories there. Decodes nothing."""
+    from trainables.data import resolve_data
 
     root = resolve_data(data)
     if category not in root.categories:
         raise UserInputError(f"category={category!r}: not in {root.path}; expected one of {list(root.categories)}")
+    return root
+
+
+def load_category_or_fail(data: str, category: str, size: int):
+    """(DataRoot, CategoryData) of `category` under `data` at size×size (see resolve_category_or_fail)."""
+    from trainables.data import load_category
+
+    root = resolve_category_or_fail(data, category)
     return root, load_category(root.path, category, size)

@@ -10,12 +10,12 @@ from pathlib import Path
 
 from trainables.data.embedded import EMBEDDED_CATEGORIES, embedded_root, generate_embedded
 from trainables.data.mvtec import (MVTEC_CATEGORIES, CategoryData, category_kind, list_categories,
-                                   load_category, scan_category)
+                                   load_category, load_train, scan_category)
 from trainables.data.textures import TextureBank, load_texture_bank
 
 __all__ = ["EMBEDDED_CATEGORIES", "MVTEC_CATEGORIES", "CategoryData", "DataRoot", "TextureBank",
            "category_kind", "embedded_root", "generate_embedded", "list_categories",
-           "load_category", "load_texture_bank", "resolve_data", "scan_category"]
+           "load_category", "load_texture_bank", "load_train", "resolve_data", "scan_category"]
 
 
 @dataclass(frozen=True)

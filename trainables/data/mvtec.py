@@ -127,7 +127,7 @@ def category_kind(category: str) -> str:
     return "object"
 
 
-_MEMORY_CACHE: dict[tuple, CategoryData] = {}
+_MEMORY_CACHE: dict[tuple, CategoryData | np.ndarray] = {}  # a category, or its train/good alone
 
 
 def load_category(root: str | os.PathLike, category: str, size: int,
@@ -145,6 +145,23 @@ def load_category(root: str | os.PathLike, category: str, size: int,
         _write_disk_cache(disk, data)
     _MEMORY_CACHE[key] = data
     return data
+
+
+def load_train(root: str | os.PathLike, category: str, size: int) -> np.ndarray:
+    """Only the defect-free training images of a category at `size`×`size`. [N, S, S, 3]
+
+    Opens no file under test/ or ground_truth/ (listing them validates the layout, nothing
+    more): a trainer that selects on a validation split reads the test split only once, at
+    its final evaluation (`load_category`)."""
+    index = scan_category(root, category)
+    digest = hashlib.blake2b(digest_size=20)
+    for path in index.train:
+        digest.update(str(path.relative_to(index.path)).encode())
+        digest.update(path.read_bytes())
+    key = (category, size, "train", digest.hexdigest())
+    if key not in _MEMORY_CACHE:
+        _MEMORY_CACHE[key] = np.stack([_resize_rgb(read_image(p), size) for p in index.train])
+    return _MEMORY_CACHE[key]
 
 
 def read_image(path: Path) -> np.ndarray:

@@ -33,6 +33,10 @@ class DetectorConfig:
     n_augmenters: int = 3                  # of DRAEM's 10, without replacement
     rot_p: float = 0.3                     # probability of rotating the normal image
     rot_deg: float = 45.0                  # rotation U(−deg, deg)
+    # validation split (docs/detector.md §5.3): held-out train/good images + synthetic anomalies
+    val_fraction: float = 0.0              # share of train/good held out of training; 0 = off
+    val_seed: int = 0                      # picks the held-out images and their anomalies (not `seed`:
+                                           # trials with other training seeds see the same validation set)
     # networks (paper §3.2, §3.3)
     r_base: int = 128                      # width of R's first block (DRAEM: 128)
     d_base: int = 64                       # width of D's first block (DRAEM: 64)
@@ -80,6 +84,9 @@ class DetectorConfig:
             raise UserInputError(f"img_size={self.img_size}: expected a multiple of 32 (D pools 5 times)")
         if len(self.opacity_range) != 2 or not 0 <= self.opacity_range[0] <= self.opacity_range[1] <= 1:
             raise UserInputError(f"opacity_range={list(self.opacity_range)}: expected [lo, hi] with 0 <= lo <= hi <= 1")
+        if not 0 <= self.val_fraction < 1:
+            raise UserInputError(f"val_fraction={self.val_fraction}: expected a share in [0, 1) "
+                                 "(0 = no validation split)")
         if not 0 <= self.p_anom <= 1 or not 0 <= self.rot_p <= 1:
             raise UserInputError("p_anom and rot_p: expected probabilities in [0, 1]")
         if not 0 <= self.n_augmenters <= 10:

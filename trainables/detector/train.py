@@ -5,7 +5,10 @@ one category, then evaluates the test split (image/pixel AUROC and AP, AUPRO@0.3
 renders anomaly maps. It talks to the outside only through `report(metrics, checkpoint)`:
 once per `report_every` epochs during training, with a checkpoint at the first report
 `checkpoint_minutes` after the last one, and once more with the test metrics, the final
-checkpoint and `"final": 1`. Checkpoints hold every piece of state (nets, F, optimizer, step, training
+checkpoint and `"final": 1`. With `val_fraction` > 0 a share of train/good is held out
+(validation.py) and every report carries its `val_*` metrics; the test split is then not
+even decoded before the final evaluation, so whatever selects on the reports (HPO) never
+sees it. Checkpoints hold every piece of state (nets, F, optimizer, step, training
 seconds, RNG), and every batch is drawn from an RNG seeded by (seed, rank, step), so
 resuming reproduces an uninterrupted run bit for bit (without a `minutes` budget). The
 batches are synthesised in `loader_workers` processes ahead of the step (pipeline.py), or in
@@ -39,9 +42,11 @@ from trainables.detector.pipeline import batches, default_workers
 from trainables.detector.model import (DefectPredictor, EncoderFeatures, ReconstructionNet, VGGFeatures,
                                        copy_parameters)
 from trainables.detector.synthesis import AnomalySynthesizer, SynthesisParams, build_source_pool
+from trainables.detector.validation import ValidationSet, split_train, validation_set
 from trainables.device import pick_device
 from trainables.errors import UserInputError
-from trainables.runtime import Interval, agree, load_category_or_fail, rank_world, snapshot
+from trainables.runtime import (Interval, agree, load_category_or_fail, rank_world, resolve_category_or_fail,
+                                snapshot)
 
 Report = Callable[..., None]
 DF_DEFAULT_LAYERS = {"ae_encoder": (3, 4, 5), "vgg19": (1, 2, 3)}  # docs/detector.md §4.2
@@ -117,10 +122,21 @@ def train_detector(cfg: DetectorConfig, report: Report) -> dict:
     """
     device = pick_device(cfg.device)
     rank, world = rank_world()
-    root, data = load_category_or_fail(cfg.data, cfg.category, cfg.img_size)
+    if cfg.val_fraction > 0:  # the test split stays unread until the final evaluation
+        from trainables.data import category_kind, load_train
+
+        root, data = resolve_category_or_fail(cfg.data, cfg.category), None
+        images, kind = load_train(root.path, cfg.category, cfg.img_size), category_kind(cfg.category)
+    else:  # decoded now: a broken test file fails the run before training, not after it
+        root, data = load_category_or_fail(cfg.data, cfg.category, cfg.img_size)
+        images, kind = data.train, data.kind
     pool = build_source_pool(cfg.anomaly_source, root, cfg.category, cfg.img_size, cfg.source_per_category,
                              cfg.dtd_root, cfg.seed)
-    synth = AnomalySynthesizer(np.asarray(data.train), data.kind, pool, synthesis_params(cfg))
+    kept, held = split_train(len(images), cfg.val_fraction, cfg.val_seed)
+    train_images = np.asarray(images)[kept]
+    val = validation_set(np.asarray(images), held, kind, pool, synthesis_params(cfg), cfg.val_seed) \
+        if len(held) and rank == 0 else None
+    synth = AnomalySynthesizer(train_images, kind, pool, synthesis_params(cfg))
 
     torch.manual_seed(cfg.seed)
     nets = build_networks(cfg, load_vgg_state(cfg)).to(device)
@@ -134,12 +150,13 @@ def train_detector(cfg: DetectorConfig, report: Report) -> dict:
         step, train_seconds = _restore(cfg, nets, optimizer)
     R_t, D_t, F_t = (_ddp(net, device) if world > 1 and net in trained else net for net in (R, D, F))
 
-    steps_per_epoch = cfg.steps_per_epoch or math.ceil(len(data.train) / (cfg.batch_size * world))
+    steps_per_epoch = cfg.steps_per_epoch or math.ceil(len(train_images) / (cfg.batch_size * world))
     total_steps = cfg.epochs * steps_per_epoch
     budget = cfg.minutes * 60 if cfg.minutes else None
     workers = default_workers(device) if cfg.loader_workers is None else cfg.loader_workers
     info = {"category": cfg.category, "dataset": root.dataset, "anomaly_source": cfg.anomaly_source,
-            "leaky": cfg.leaky, "loader_workers": workers}
+            "leaky": cfg.leaky, "loader_workers": workers, "train_images": len(train_images),
+            "val_images": len(held) * 2}
     if cfg.anomaly_source == "dtd":
         info["texture_source"] = pool.origin  # "dtd" or "procedural"
 
@@ -182,6 +199,8 @@ def train_detector(cfg: DetectorConfig, report: Report) -> dict:
                 metrics = _progress_metrics(cfg, sums, step, steps_per_epoch, world, train_seconds,
                                             session_steps / (time.perf_counter() - session_start), optimizer)
                 keep = checkpoint_due.due()  # on every rank (a collective); rank 0 saves
+                if val is not None:
+                    metrics.update(validate(cfg, R, D, val, device))
                 report({**metrics, **info}, state(False) if keep and rank == 0 else None)
                 sums = {}
     train_seconds = seconds_before + time.perf_counter() - session_start
@@ -191,7 +210,11 @@ def train_detector(cfg: DetectorConfig, report: Report) -> dict:
     if rank != 0:
         report(metrics, None)
         return metrics
+    if val is not None:
+        metrics.update(validate(cfg, R, D, val, device))
     eval_start = time.perf_counter()
+    if data is None:  # the first time this run opens a test file
+        data = load_category_or_fail(cfg.data, cfg.category, cfg.img_size)[1]
     results, pictures = evaluate(cfg, R, D, data, device)
     metrics.update(results)
     metrics["eval_seconds"] = round(time.perf_counter() - eval_start, 3)
@@ -226,28 +249,43 @@ def _progress_metrics(cfg, sums, step, steps_per_epoch, world, train_seconds, st
 
 
 @torch.no_grad()
-def evaluate(cfg: DetectorConfig, R: nn.Module, D: nn.Module, data, device) -> tuple[dict, dict]:
-    """Test-split metrics and the anomaly-map picture; the nets are left in train mode."""
+def anomaly_maps(cfg: DetectorConfig, R: nn.Module, D: nn.Module, images: np.ndarray, device,
+                 keep=()) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Anomaly maps [M, H, W], image scores [M] and the reconstructions of the indices in
+    `keep` of uint8 images [M, H, W, 3]; the nets are left in train mode."""
     R.eval()
     D_eval = copy.deepcopy(D).eval()
     if cfg.eval_reparam and cfg.lk:
         D_eval.reparameterize()
     k = score_kernel(cfg)
-    picks = picture_indices(data.test_types, cfg.n_pictures)
     maps, scores, recon = [], [], {}
-    test = np.asarray(data.test)
-    for start in range(0, len(test), cfg.eval_batch_size):
-        I = torch.from_numpy(test[start:start + cfg.eval_batch_size]).to(device).permute(0, 3, 1, 2).float() / 255
+    for start in range(0, len(images), cfg.eval_batch_size):
+        I = torch.from_numpy(images[start:start + cfg.eval_batch_size]).to(device).permute(0, 3, 1, 2).float() / 255
         I_r = R(I)
         P = torch.softmax(D_eval(torch.cat([I_r, I], dim=1)), dim=1)[:, 1:]  # [N, 1, H, W]
         scores.append(F_.avg_pool2d(P, k, stride=1, padding=k // 2).amax(dim=(1, 2, 3)).cpu())
         maps.append(P[:, 0].cpu())
         for j in range(len(I)):
-            if start + j in picks:
+            if start + j in keep:
                 recon[start + j] = I_r[j].clamp(0, 1).permute(1, 2, 0).cpu().numpy()
     R.train()
     maps_np = torch.cat(maps).numpy() if maps else np.zeros((0, cfg.img_size, cfg.img_size), np.float32)
     scores_np = torch.cat(scores).numpy() if scores else np.zeros(0, np.float32)
+    return maps_np, scores_np, recon
+
+
+def validate(cfg: DetectorConfig, R: nn.Module, D: nn.Module, val: ValidationSet, device) -> dict:
+    """The metrics of the validation split, named `val_<metric>` (val_image_AUROC, ...)."""
+    maps, scores, _ = anomaly_maps(cfg, R, D, val.images, device)
+    metrics = detection_metrics(val.labels, scores, val.masks, maps, cfg.aupro_limit)
+    return {f"val_{name}": value for name, value in metrics.items()}
+
+
+def evaluate(cfg: DetectorConfig, R: nn.Module, D: nn.Module, data, device) -> tuple[dict, dict]:
+    """Test-split metrics and the anomaly-map picture; the nets are left in train mode."""
+    picks = picture_indices(data.test_types, cfg.n_pictures)
+    test = np.asarray(data.test)
+    maps_np, scores_np, recon = anomaly_maps(cfg, R, D, test, device, picks)
     metrics = detection_metrics(data.test_labels, scores_np, np.asarray(data.test_masks), maps_np, cfg.aupro_limit)
     rows = [[test[i], _to_uint8(recon[i]), heatmap(maps_np[i]), np.repeat(data.test_masks[i][..., None] * 255, 3, 2)]
             for i in picks]
