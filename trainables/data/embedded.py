@@ -51,6 +51,11 @@ EMBEDDED_CATEGORIES: dict[str, tuple[str, tuple[str, ...]]] = {
 # A defect changes a pixel when it moves it by more than this many grey levels (of 255),
 # measured before sensor noise; smaller changes are dropped so the mask stays exact.
 MASK_THRESHOLD = 4.0
+# Defect severity, calibrated so that the detector's `small` preset (64 px, 15 epochs) finds
+# most but not all defects: line widths and spot radii are multiplied by WIDTH (pixels at
+# 128 px), contrasts by CONTRAST (capped below full replacement).
+WIDTH = 1.8
+CONTRAST = 1.5
 
 
 def embedded_root(cache_dir: str | os.PathLike | None = None, seed: int = 0) -> Path:
@@ -184,7 +189,7 @@ def _texture_weave(rng, size, style, edit):
     """Plain weave: over/under threads with fibre grain, per-thread tone, a gentle warp."""
     u, v, turn = _frame(rng, size, 0.06, 0.0, 0.0)
     du, dv = _warp(rng, size, 0.05)
-    pitch = (2 / size) * rng.uniform(8.2, 8.8)
+    pitch = (2 / size) * rng.uniform(10.5, 11.5)
     a = (u + du) / pitch + rng.uniform(0, 1)
     b = (v + dv) / pitch + rng.uniform(0, 1)
     tone_a, tone_b = _lookup(rng), _lookup(rng)
@@ -194,7 +199,7 @@ def _texture_weave(rng, size, style, edit):
     across = np.where(warp_on_top, fa, fb)
     along = np.where(warp_on_top, fb, fa)
     thread = np.where(warp_on_top, tone_a[ia % 256], tone_b[ib % 256])
-    grain = P.fractal_noise(rng, size, 16, 2)
+    grain = P.fractal_noise(rng, size, 12, 2)
     gray = (0.3 + 0.55 * np.sin(np.pi * across) ** 0.6 * (0.75 + 0.25 * np.sin(np.pi * along))
             + 0.08 * (thread - 0.5) + 0.12 * (grain - 0.5))
     image = P.colorize(np.clip(gray, 0, 1), style["fg"] * 0.35, style["fg"])
@@ -338,7 +343,7 @@ def _obj_bolt(u, v, r, theta, rng, style, edit, px, surface):
     shank = np.maximum(np.abs(u - 0.15) - 0.55, np.abs(v) - 0.17)
     sd = np.minimum(head, shank)
     phase = rng.uniform(0, 1)
-    pitch = 0.075
+    pitch = 0.1
     thread = np.sin(2 * np.pi * ((u - 0.12 * v) / pitch + phase))
     on_thread = (u > -0.3) & (u < 0.68)
     if "thread" in edit:  # a flattened, scuffed stretch of thread
@@ -491,7 +496,9 @@ def _obj_lens(u, v, r, theta, rng, style, edit, px, surface):
 _OBJECTS = {"washer": _obj_washer, "bolt": _obj_bolt, "button": _obj_button, "gear": _obj_gear,
             "vial": _obj_vial, "chip": _obj_chip, "ring": _obj_ring, "tablet": _obj_tablet,
             "hexnut": _obj_hexnut, "lens": _obj_lens}
-_ROUND = {"_obj_washer", "_obj_button", "_obj_gear", "_obj_ring", "_obj_hexnut", "_obj_lens"}
+# objects placed at any turn under light from any side; the rest (gear and hexnut included, whose
+# corners a small reconstruction network at 64 px cannot follow round) lie nearly upright
+_ROUND = {"_obj_washer", "_obj_button", "_obj_ring", "_obj_lens"}
 
 
 # ---------------------------------------------------------------- defects
@@ -568,6 +575,11 @@ def _walk(rng, start, steps, step=3.0, wiggle=0.5):
     return np.array(points)
 
 
+def _amount(rng, low, high):
+    """A defect's contrast: a fraction of the way from the clean pixel to the defect's colour."""
+    return min(CONTRAST * rng.uniform(low, high), 0.9)
+
+
 def _on(ctx, alpha):
     """Keep a surface defect on the object."""
     return alpha * ndimage.binary_erosion(ctx["fg"] > 0.5, iterations=1)
@@ -576,18 +588,19 @@ def _on(ctx, alpha):
 def _defect_scratch(rng, ctx):
     """A thin bright or dark line, 15-40 px long, mostly about one pixel wide."""
     points = _curve(rng, _anchor(rng, ctx["fg"]), rng.uniform(15, 40))
-    alpha = _on(ctx, _line_alpha(ctx["size"], points, rng.uniform(0.8, 1.5)))
-    sign = rng.choice([-1.0, 1.0])
-    return ctx["clean"] * (1 + sign * rng.uniform(0.25, 0.45) * alpha)[..., None]
+    alpha = _on(ctx, _line_alpha(ctx["size"], points, WIDTH * rng.uniform(0.8, 1.5)))
+    amount = (_amount(rng, 0.25, 0.45) * alpha)[..., None]
+    target = 255.0 if rng.random() < 0.5 else 0.0  # a bright (polished) or dark (dirty) groove
+    return ctx["clean"] * (1 - amount) + target * amount
 
 
 def _defect_crack(rng, ctx):
     """A dark jagged line with a branch, thinner than a pixel at its tips."""
     trunk = _walk(rng, _anchor(rng, ctx["fg"]), int(rng.integers(5, 10)))
-    alpha = _line_alpha(ctx["size"], trunk, rng.uniform(0.9, 1.5))
+    alpha = _line_alpha(ctx["size"], trunk, WIDTH * rng.uniform(0.9, 1.5))
     branch = _walk(rng, trunk[len(trunk) // 2], int(rng.integers(2, 5)))
-    alpha = np.maximum(alpha, 0.7 * _line_alpha(ctx["size"], branch, 0.8))
-    return ctx["clean"] * (1 - rng.uniform(0.4, 0.65) * _on(ctx, alpha))[..., None]
+    alpha = np.maximum(alpha, 0.7 * _line_alpha(ctx["size"], branch, WIDTH * 0.8))
+    return ctx["clean"] * (1 - _amount(rng, 0.3, 0.5) * _on(ctx, alpha))[..., None]
 
 
 def _blob(rng, size, centre, radius):
@@ -599,9 +612,9 @@ def _blob(rng, size, centre, radius):
 
 def _defect_stain(rng, ctx):
     """A soft, irregular tint a few pixels across; faint at its edge."""
-    alpha = _on(ctx, _blob(rng, ctx["size"], _anchor(rng, ctx["fg"]), rng.uniform(4, 9)))
-    strength = rng.uniform(0.25, 0.45) * alpha[..., None]
-    return ctx["clean"] * (1 - strength) + np.asarray(ctx["style"]["stain"], float) * strength
+    alpha = _on(ctx, _blob(rng, ctx["size"], _anchor(rng, ctx["fg"]), WIDTH * rng.uniform(3, 6)))
+    strength = _amount(rng, 0.25, 0.45) * alpha[..., None]
+    return ctx["clean"] * (1 - strength) + 0.7 * np.asarray(ctx["style"]["stain"], float) * strength
 
 
 def _defect_contamination(rng, ctx):
@@ -612,11 +625,11 @@ def _defect_contamination(rng, ctx):
     alpha = np.zeros((size, size))
     for _ in range(int(rng.integers(1, 4))):
         spot = centre + rng.normal(scale=4, size=2)
-        alpha = np.maximum(alpha, np.clip(rng.uniform(1.0, 2.2) + 0.5 - np.hypot(rows - spot[0], cols - spot[1]), 0, 1))
+        alpha = np.maximum(alpha, np.clip(WIDTH * rng.uniform(0.8, 1.6) + 0.5 - np.hypot(rows - spot[0], cols - spot[1]), 0, 1))
     if rng.random() < 0.6:
-        alpha = np.maximum(alpha, _line_alpha(size, _curve(rng, centre, rng.uniform(8, 18), 0.6), 1.0))
+        alpha = np.maximum(alpha, _line_alpha(size, _curve(rng, centre, rng.uniform(8, 18), 0.6), WIDTH))
     colour = rng.choice([(40, 35, 30), (200, 190, 150), (90, 110, 60)])
-    strength = rng.uniform(0.5, 0.75) * _on(ctx, alpha)[..., None]
+    strength = _amount(rng, 0.4, 0.6) * _on(ctx, alpha)[..., None]
     return ctx["clean"] * (1 - strength) + np.asarray(colour, float) * strength
 
 
@@ -625,7 +638,7 @@ def _defect_hole(rng, ctx):
     size = ctx["size"]
     centre = _anchor(rng, ctx["fg"])
     rows, cols = np.mgrid[0:size, 0:size].astype(float)
-    radii = rng.uniform(1.8, 3.8, 2)
+    radii = WIDTH * rng.uniform(1.5, 2.8, 2)
     angle = rng.uniform(0, np.pi)
     dr, dc = rows - centre[0], cols - centre[1]
     a = (np.cos(angle) * dc + np.sin(angle) * dr) / radii[0]
@@ -633,7 +646,7 @@ def _defect_hole(rng, ctx):
     e = np.hypot(a, b)
     pit = np.clip((1 - e) * 2.5, 0, 1)
     lip = np.clip(1 - np.abs(e - 1.2) * 3, 0, 1) * (a > 0)
-    shade = 1 - rng.uniform(0.45, 0.7) * pit + 0.2 * lip
+    shade = 1 - _amount(rng, 0.4, 0.6) * pit + 0.2 * lip
     return ctx["clean"] * _on(ctx, shade - 1)[..., None] + ctx["clean"]
 
 
@@ -641,9 +654,9 @@ def _defect_cut(rng, ctx):
     """A straight slit: a dark core with a light lip along one side."""
     size = ctx["size"]
     points = _curve(rng, _anchor(rng, ctx["fg"]), rng.uniform(14, 30), 0.08)
-    core = _line_alpha(size, points, rng.uniform(0.9, 1.4))
-    lip = _line_alpha(size, points + np.array([1.2, 0.8]), 1.0) * (1 - core)
-    return ctx["clean"] * (1 - 0.45 * core + 0.15 * lip)[..., None]
+    core = _line_alpha(size, points, WIDTH * rng.uniform(0.9, 1.4))
+    lip = _line_alpha(size, points + WIDTH * np.array([1.2, 0.8]), WIDTH) * (1 - core)
+    return ctx["clean"] * (1 - _amount(rng, 0.35, 0.5) * core + 0.15 * lip)[..., None]
 
 
 def _defect_fold(rng, ctx):
@@ -652,27 +665,27 @@ def _defect_fold(rng, ctx):
     points = _curve(rng, _anchor(rng, ctx["fg"]), rng.uniform(30, 60), 0.3, n=16)
     rows, cols = np.mgrid[0:size, 0:size].astype(float)
     distance = _polyline_distance(cols, rows, points[:, ::-1])
-    sigma = rng.uniform(1.5, 2.5)
+    sigma = WIDTH * rng.uniform(1.2, 2.0)
     offset = _polyline_distance(cols + 1.0, rows + 1.0, points[:, ::-1]) - distance  # which side
     ridge = np.exp(-distance ** 2 / (2 * sigma ** 2)) * offset
-    return ctx["clean"] * (1 + rng.uniform(0.12, 0.2) * ridge)[..., None]
+    return ctx["clean"] * (1 + _amount(rng, 0.12, 0.2) * ridge)[..., None]
 
 
 def _defect_thread(rng, ctx):
     """weave: a pulled thread, a slightly displaced bright strand along the weave; bolt: damaged thread."""
     if "angle" not in ctx["meta"]:  # the bolt: a flattened stretch of the shank's thread
-        image, _, _ = ctx["render"]({"thread": (rng.uniform(-0.2, 0.55), rng.uniform(0.05, 0.1))})
+        image, _, _ = ctx["render"]({"thread": (rng.uniform(-0.2, 0.55), WIDTH * rng.uniform(0.04, 0.07))})
         return image
     size = ctx["size"]
     angle = ctx["meta"]["angle"] + rng.choice([0, np.pi / 2]) + rng.normal(scale=0.03)
     start = _anchor(rng, ctx["fg"])
-    length = rng.uniform(20, 45)
+    length = rng.uniform(25, 50)
     direction = np.array([np.sin(angle), np.cos(angle)])
     t = np.linspace(0, 1, 10)[:, None]
     points = start + t * length * direction + rng.normal(scale=0.4, size=(10, 2))
-    alpha = _line_alpha(size, points, rng.uniform(1.2, 2.0))
-    light = ctx["clean"].reshape(-1, 3).max(axis=0)
-    strength = rng.uniform(0.3, 0.5) * alpha[..., None]
+    alpha = _line_alpha(size, points, WIDTH * rng.uniform(1.5, 2.0))
+    light = np.minimum(1.2 * ctx["clean"].reshape(-1, 3).max(axis=0), 255)
+    strength = _amount(rng, 0.4, 0.6) * alpha[..., None]
     return ctx["clean"] * (1 - strength) + light * strength
 
 
@@ -684,7 +697,7 @@ def _defect_broken(rng, ctx):
     pitch = meta["pitch"]
     centre = np.array([k[0] * pitch + pitch / 2 - meta["offset"][0], k[1] * pitch + pitch / 2 - meta["offset"][1]])
     centre[1 - axis] += rng.uniform(0.25, 0.75) * pitch * rng.choice([-1, 1])
-    image, _, _ = ctx["render"]({"break": (centre, pitch * rng.uniform(0.15, 0.3), axis)})
+    image, _, _ = ctx["render"]({"break": (centre, pitch * WIDTH * rng.uniform(0.12, 0.2), axis)})
     return image
 
 
@@ -693,8 +706,8 @@ def _defect_bent(rng, ctx):
     px = 2 / ctx["size"]
     centre = rng.uniform(-0.7, 0.7, 2)
     shift = rng.normal(size=2)
-    shift *= px * rng.uniform(1.3, 2.2) / np.linalg.norm(shift)
-    image, _, _ = ctx["render"]({"bend": (centre, px * rng.uniform(4, 7), shift)})
+    shift *= px * WIDTH * rng.uniform(1.0, 1.5) / np.linalg.norm(shift)
+    image, _, _ = ctx["render"]({"bend": (centre, px * WIDTH * rng.uniform(3, 5), shift)})
     return image
 
 
@@ -708,7 +721,7 @@ def _defect_missing(rng, ctx):
     else:
         row, col = _edge_anchor(rng, ctx["fg"]).astype(int)
         centre = (meta["u"][row, col], meta["v"][row, col])  # in the object's own frame
-        edit = {"bite": (centre, meta["px"] * rng.uniform(2.5, 5.0))}
+        edit = {"bite": (centre, meta["px"] * WIDTH * rng.uniform(2.0, 3.5))}
     image, _, _ = ctx["render"](edit)
     return image
 
@@ -718,7 +731,7 @@ def _defect_misprint(rng, ctx):
     if rng.random() < 0.5:
         edit = {"drop": set(rng.choice(6, int(rng.integers(1, 3)), replace=False).tolist())}
     else:
-        edit = {"shift": (int(rng.integers(3)), rng.normal(scale=0.03, size=2))}
+        edit = {"shift": (int(rng.integers(3)), rng.normal(scale=0.045, size=2))}
     image, _, _ = ctx["render"](edit)
     return image
 
