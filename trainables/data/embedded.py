@@ -152,6 +152,7 @@ def _category_style(name: str, rng: np.random.Generator) -> dict:
         "stain": rng.choice([(120, 80, 40), (70, 70, 80), (140, 120, 60), (90, 60, 70)]),
         "teeth": int(rng.integers(10, 15)),
         "noise": rng.uniform(1.5, 2.5),             # sensor noise, grey levels
+        "print": int(rng.integers(2 ** 62)),        # the marking every good chip / tablet carries
     }
 
 
@@ -432,7 +433,7 @@ def _obj_chip(u, v, r, theta, rng, style, edit, px, surface):
             pins.append(np.maximum(np.abs(u - px0) - 0.03, np.abs(v - side * 0.4) - 0.09))
     pin_sd = np.min(pins, axis=0)
     sd = np.minimum(body, pin_sd)
-    strokes = _print_strokes(rng, 5, (-0.25, -0.06), 0.11, 0.1)
+    strokes = _print_strokes(np.random.default_rng(style["print"]), 5, (-0.25, -0.06), 0.11, 0.1)
     if "drop" in edit:
         strokes = [s for i, s in enumerate(strokes) if i not in edit["drop"]]
     if "shift" in edit:
@@ -458,7 +459,7 @@ def _obj_tablet(u, v, r, theta, rng, style, edit, px, surface):
     """A pill with a score line, speckles and an embossed imprint."""
     e = np.hypot(u / 0.62, v / 0.42)
     sd = (e - 1) * 0.42
-    strokes = _print_strokes(rng, 3, (0.08, -0.08), 0.12, 0.16)
+    strokes = _print_strokes(np.random.default_rng(style["print"]), 3, (0.08, -0.08), 0.12, 0.16)
     if "drop" in edit:
         strokes = [s for i, s in enumerate(strokes) if i not in edit["drop"]]
     if "shift" in edit:
