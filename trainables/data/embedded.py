@@ -150,7 +150,7 @@ def _category_style(name: str, rng: np.random.Generator) -> dict:
         "bg": 35 + 60 * rng.random(3),              # the backdrop behind objects
         "accent": 255 - 170 * hue,
         "stain": rng.choice([(120, 80, 40), (70, 70, 80), (140, 120, 60), (90, 60, 70)]),
-        "teeth": int(rng.integers(10, 15)),
+        "teeth": int(rng.integers(8, 11)),
         "noise": rng.uniform(1.5, 2.5),             # sensor noise, grey levels
         "print": int(rng.integers(2 ** 62)),        # the marking every good chip / tablet carries
     }
