@@ -56,7 +56,7 @@ def test_neighbours_of_the_full_model_follow_the_row_mapping():
 
 
 def test_neighbours_in_the_factorial_grid_named_by_slug():
-    variants = {v.slug: v for v in factorial_variants()}
+    variants = {v.slug(): v for v in factorial_variants()}
     near = stats.neighbours(variants)
     assert stats.reference_group(variants) == "df_copy-lk-src_mvtec"
     assert dict(near["df_copy-lk-src_mvtec"]) == {"df_grad-lk-src_mvtec": "df_update", "lk-src_mvtec": "df",
