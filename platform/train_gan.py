@@ -16,11 +16,9 @@ from pathlib import Path
 from trainables.checkpoint import load_checkpoint, save_checkpoint
 from trainables.config import parse_overrides, to_flat
 from trainables.gan import make_config, train_gan_stage1, train_gan_stage2
+from trainables.gan.config import STAGE2_ONLY
+from trainables.gan.generate import TRIPLETS, save_triplets
 from trainables.pictures import save_pictures
-
-# config fields that only stage 2 reads: changing them keeps a finished stage 1 reusable
-STAGE2_ONLY = ("defect", "resume", "stage1", "lambda_ms", "lambda_match", "n_generate", "stage2_minutes",
-               "stage2_kimg")
 
 
 def main(args) -> int:
@@ -71,7 +69,9 @@ def _reporter(out: Path, folder: Path, started: float):
     def report(metrics: dict, checkpoint: dict | None = None) -> None:
         if checkpoint is not None:
             pictures = checkpoint.get("pictures")
-            save_checkpoint(folder, checkpoint)
+            save_checkpoint(folder, {k: v for k, v in checkpoint.items() if k != TRIPLETS})
+            if checkpoint.get(TRIPLETS):
+                save_triplets(folder, checkpoint[TRIPLETS])
             if pictures:
                 paths = save_pictures(pictures, out / "pictures")
                 grids = [p for p in paths if "grid" in p.stem or "samples" in p.stem]

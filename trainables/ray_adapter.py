@@ -19,7 +19,8 @@ plain function in both paths below; only its `report` callable differs.
   rank-0 checkpoints; a restarted worker group resumes from `ray.train.get_checkpoint()`.
 
 Checkpoint dicts are persisted with `trainables.checkpoint.save_checkpoint` into a temporary
-folder, plus `pictures/*.png` when the dict carries pictures, and that folder is handed to Ray,
+folder, plus `pictures/*.png` when the dict carries pictures and `triplets.npz` when it carries
+a stage-2 triplet bank, and that folder is handed to Ray,
 which copies it to the sweep's storage. Every report also carries `trainer_s` (seconds spent in
 the loop, excluding time inside `report`) and `report_s` (time persisting reports), so the
 driver can measure per-trial overhead. This module never imports `platform` (it runs on
@@ -154,7 +155,11 @@ def _quiet_checkpoint_logs() -> None:
 
 
 def _persist(checkpoint: dict, folder: str) -> None:
-    save_checkpoint(folder, checkpoint)
+    from trainables.gan.generate import TRIPLETS, save_triplets
+
+    save_checkpoint(folder, {k: v for k, v in checkpoint.items() if k != TRIPLETS})
+    if checkpoint.get(TRIPLETS):  # a finished stage 2's bank, read by the detector's dfmgan source
+        save_triplets(folder, checkpoint[TRIPLETS])
     if checkpoint.get("pictures"):
         save_pictures(checkpoint["pictures"], Path(folder) / "pictures")
 
