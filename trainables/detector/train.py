@@ -33,7 +33,9 @@ from trainables.detector.losses import DetectorLoss
 from trainables.detector.metrics import detection_metrics
 from trainables.detector.model import (DefectPredictor, EncoderFeatures, ReconstructionNet, VGGFeatures,
                                        copy_parameters)
-from trainables.detector.synthesis import AnomalySynthesizer, SynthesisParams, build_source_pool
+from trainables.data.split import held_back
+from trainables.detector.synthesis import (AnomalySynthesizer, SynthesisParams, bank_grid, build_source_pool,
+                                           load_triplet_bank)
 from trainables.device import pick_device
 from trainables.errors import UserInputError
 
@@ -111,10 +113,14 @@ def train_detector(cfg: DetectorConfig, report: Report) -> dict:
     root = resolve_data(cfg.data)
     if cfg.category not in root.categories:
         raise UserInputError(f"category={cfg.category!r}: not in {root.path}; expected one of {list(root.categories)}")
+    bank = load_triplet_bank(cfg.dfmgan_banks, cfg.category, cfg.img_size) if cfg.anomaly_source == "dfmgan" \
+        else None  # checked first: a dfmgan trial without its banks refuses to start, in one line
     data = load_category(root.path, cfg.category, cfg.img_size)
-    pool = build_source_pool(cfg.anomaly_source, root, cfg.category, cfg.img_size, cfg.source_per_category,
-                             cfg.dtd_root, cfg.seed)
-    synth = AnomalySynthesizer(np.asarray(data.train), data.kind, pool, synthesis_params(cfg))
+    if cfg.eval_holdout_seed is not None:  # the joined grid's test set: no image a stage-2 GAN learnt from
+        data = held_back(data, cfg.eval_holdout_seed, cfg.holdout_fraction)
+    pool = None if bank is not None else build_source_pool(
+        cfg.anomaly_source, root, cfg.category, cfg.img_size, cfg.source_per_category, cfg.dtd_root, cfg.seed)
+    synth = AnomalySynthesizer(np.asarray(data.train), data.kind, pool, synthesis_params(cfg), bank)
 
     torch.manual_seed(cfg.seed)
     nets = build_networks(cfg, load_vgg_state(cfg)).to(device)
@@ -136,10 +142,16 @@ def train_detector(cfg: DetectorConfig, report: Report) -> dict:
             "leaky": cfg.leaky}
     if cfg.anomaly_source == "dtd":
         info["texture_source"] = pool.origin  # "dtd" or "procedural"
+    if cfg.eval_holdout_seed is not None:
+        info["n_test"] = len(data.test_types)
+    bank_drawn = 0  # DFMGAN triplets among the training samples (dfmgan source), over the whole run
+    if bank is not None and cfg.resume:
+        bank_drawn = int(load_checkpoint(cfg.resume).get("dfmgan_samples", 0))
 
     def state(final: bool) -> dict:
         return {"nets": nets.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                "train_seconds": train_seconds, "rng": rng_state(), "config": to_flat(cfg), "final": int(final)}
+                "train_seconds": train_seconds, "rng": rng_state(), "config": to_flat(cfg), "final": int(final),
+                "dfmgan_samples": bank_drawn}
 
     nets.train()
     if F is not None and cfg.df_update == "copy":
@@ -156,6 +168,7 @@ def train_detector(cfg: DetectorConfig, report: Report) -> dict:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(cfg, progress)
         batch = synth.batch(np.random.default_rng([cfg.seed, rank, step]), cfg.batch_size)
+        bank_drawn += int(batch["from_bank"].sum())
         terms = _train_step(cfg, batch, R_t, D_t, F_t, loss_fn, optimizer, device)
         if F is not None and cfg.df_update == "copy" and cfg.df_source == "ae_encoder" \
                 and (step + 1) % cfg.df_copy_every == 0:
@@ -171,12 +184,15 @@ def train_detector(cfg: DetectorConfig, report: Report) -> dict:
                                         session_steps / (time.perf_counter() - session_start), optimizer)
             reports += 1
             keep = rank == 0 and cfg.checkpoint_every and reports % cfg.checkpoint_every == 0
-            report({**metrics, **info}, state(False) if keep else None)
+            report({**metrics, **info, **({"dfmgan_samples": bank_drawn} if bank is not None else {})},
+                   state(False) if keep else None)
             sums = {}
     train_seconds = seconds_before + time.perf_counter() - session_start
     steps_per_s = session_steps / max(time.perf_counter() - session_start, 1e-9)
     metrics = {**_progress_metrics(cfg, sums, step, steps_per_epoch, world, train_seconds, steps_per_s,
                                    optimizer), **info, "final": 1}
+    if bank is not None:
+        metrics.update(dfmgan_samples=bank_drawn, dfmgan_lambda=bank.lambda_ms, dfmgan_bank_size=len(bank.image))
     if rank != 0:
         report(metrics, None)
         return metrics
@@ -184,6 +200,8 @@ def train_detector(cfg: DetectorConfig, report: Report) -> dict:
     results, pictures = evaluate(cfg, R, D, data, device)
     metrics.update(results)
     metrics["eval_seconds"] = round(time.perf_counter() - eval_start, 3)
+    if bank is not None:  # what the detector trained on, logged with its run
+        pictures["dfmgan_triplets"] = torch.from_numpy(bank_grid(bank, cfg.n_pictures * 2))
     report(metrics, {**state(True), "pictures": pictures})
     return metrics
 
