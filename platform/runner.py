@@ -145,19 +145,22 @@ def _parent_params(sweep: Sweep) -> dict:
 
 def _run_phases(sweep: Sweep, resources: Resources, concurrent: int, parent: str) -> tuple[int, float]:
     """Run every phase; returns (failed or skipped trials, trial-slot seconds = slots x phase wall time)."""
-    from platform import tracking, tuner
+    from platform import reuse, tracking, tuner
 
     provenance = {"dataset": sweep.plan.dataset, **tracking.provenance()}
     done_checkpoints: dict[str, str] = {}
     failed, slot_seconds = 0, 0.0
     sweep_storage = storage.join(sweep.storage, sweep.sweep_id)
+    shared = reuse.fingerprints(sweep.plan.trials)  # GAN checkpoints other sweeps may have finished
     for phase in sweep.plan.phases:
         trials = [with_dependency(t, done_checkpoints) for t in phase.trials]
         runnable = [t for t in trials if t is not None]
-        skipped = len(trials) - len(runnable)
-        if skipped:
-            print(f"phase {phase.name}: {skipped} trials skipped (the trial they start from failed)")
-            failed += skipped
+        for spec in (s for s, t in zip(phase.trials, trials) if t is None):
+            reason = f"needs {', '.join(missing_dependencies(spec, done_checkpoints))}, which did not finish"
+            print(f"phase {phase.name}: {spec.name} skipped ({reason})")
+            tracking.log_untrained(sweep.tracking_uri, parent, provenance, spec, "KILLED", {"skipped": reason})
+            failed += 1
+        runnable = _take_finished(sweep, parent, provenance, runnable, shared, done_checkpoints)
         if not runnable:
             continue
         total = phase.search.num_samples if phase.search else len(runnable)
@@ -173,17 +176,49 @@ def _run_phases(sweep: Sweep, resources: Resources, concurrent: int, parent: str
             path = storage.checkpoint_path(result, sweep.storage)
             if path:
                 done_checkpoints[name] = path
+                if name in shared:
+                    reuse.record(sweep.storage, shared[name], path, name, sweep.sweep_id, result.metrics)
     return failed, slot_seconds
 
 
+def _take_finished(sweep: Sweep, parent: str, provenance: dict, trials: list, shared: dict,
+                   done_checkpoints: dict) -> list:
+    """The trials still to run: a GAN trial whose finished checkpoint an earlier sweep in this
+    storage recorded (same config, same upstream checkpoints) takes it and is logged as reused."""
+    from platform import reuse, tracking
+
+    left = []
+    for trial in trials:
+        found = reuse.lookup(sweep.storage, shared[trial.name]) if trial.name in shared else None
+        if found is None:
+            left.append(trial)
+            continue
+        done_checkpoints[trial.name] = found["path"]
+        if found["sweep_id"] == sweep.sweep_id:
+            continue  # this sweep finished it before (a rerun): its child run is there already
+        print(f"{trial.name}: reusing the finished checkpoint {found['path']} (sweep {found['sweep_id']})")
+        tracking.log_untrained(sweep.tracking_uri, parent, provenance, trial, "FINISHED",
+                               {"reused_from": found["path"], "reused_sweep": found["sweep_id"]}, found["metrics"])
+    return left
+
+
 def with_dependency(trial: TrialSpec, checkpoints: dict[str, str]) -> TrialSpec | None:
-    """The trial with its earlier trial's checkpoint filled into its config (None if that trial
-    failed). Only the pointer changes: the config was built and validated with the plan."""
-    if trial.needs is None:
+    """The trial with its earlier trials' checkpoints filled into its config (None if one of them
+    failed): one folder into a str field, all of them in `needs` order into a tuple field (a
+    detector's dfmgan_banks). Only the pointers change: the config was built and validated with the plan."""
+    if not trial.needs:
         return trial
-    if trial.needs not in checkpoints:
+    if not all(name in checkpoints for name in trial.needs):
         return None
-    return dataclasses.replace(trial, cfg=dataclasses.replace(trial.cfg, **{trial.needs_key: checkpoints[trial.needs]}))
+    paths = tuple(checkpoints[name] for name in trial.needs)
+    many = isinstance(getattr(trial.cfg, trial.needs_key), tuple)
+    assert many or len(paths) == 1, f"{trial.name}: {trial.needs_key} takes one folder, needs {trial.needs}"
+    return dataclasses.replace(trial, cfg=dataclasses.replace(trial.cfg, **{trial.needs_key: paths if many else paths[0]}))
+
+
+def missing_dependencies(trial: TrialSpec, checkpoints: dict[str, str]) -> list[str]:
+    """The names of the trials a skipped trial needed that did not finish."""
+    return [name for name in trial.needs if name not in checkpoints]
 
 
 def overhead_summary(tracking_uri: str, parent: str, slot_seconds: float) -> dict[str, float]:
