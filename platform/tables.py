@@ -118,7 +118,8 @@ def build_and_log(tracking_uri: str, parent_run_id: str, out_dir: Path | None = 
         import tempfile
 
         with tempfile.TemporaryDirectory(prefix="plots-") as folder:
-            drawn = ablation_plots(planned, {t.name: t for t in trials}, Path(folder), _curves_reader(client))
+            detectors = [p for p in planned if "stage" not in p.params]  # a joined grid's GAN trials: no bars
+            drawn = ablation_plots(detectors, {t.name: t for t in trials}, Path(folder), _curves_reader(client))
             client.log_artifacts(parent_run_id, folder, f"tables/v{version}/plots")
             if out_dir is not None:
                 for path in drawn:

@@ -19,6 +19,7 @@ import pytest
 
 import search_spaces
 from platform import runner, sweep, tracking
+from platform.resources import Resources
 from search_spaces.base import TrialSpec
 from trainables.data import load_category, resolve_data
 from trainables.data.split import eval_indices, held_back, holdout_split, split_partition, stage2_indices
@@ -228,3 +229,28 @@ def test_joined_grid_end_to_end(ray_runtime, tmp_path, capsys):
                                                         "bolt-stage1-s0"]
     assert all(r.data.tags.get("reused_from") for r in gan_runs)
     assert json.loads(Path(client.download_artifacts(gan_runs[0].info.run_id, "config.json")).read_text())
+
+
+def test_a_trial_skipped_for_a_failed_gan_is_a_killed_run_and_a_table_note(tmp_path):
+    """What the runner logs for a detector whose stage-2 dependency failed, read back by the tables."""
+    from platform import tables
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    plan = search_spaces.build("ablation", categories=["bolt"], rows=[7], sources=["dfmgan"], lambdas=[0.1],
+                               preset="tiny")
+    trial = next(t for t in plan.phases[-1].trials if "dfmgan" in t.name)
+    planned = runner.Sweep(plan, {}, "joined-skip", Resources(1, 0, 1, None, None), str(tmp_path), uri,
+                           "joined-test").planned()  # what the runner records as plan.json
+    parent = tracking.open_parent(uri, "joined-test", "joined-skip", {"kind": "ablation"},
+                                  {"kind": "ablation", "dataset": "embedded"}, planned)
+    missing = runner.missing_dependencies(trial, {"bolt-hole-lambda0.1-s0": "/ck"})
+    reason = f"needs {', '.join(missing)}, which did not finish"
+    tracking.log_untrained(uri, parent, {"dataset": "embedded"}, trial, "KILLED", {"skipped": reason})
+    [run] = [r for r in tracking.children(uri, parent) if r.info.run_name == trial.name]
+    assert run.info.status == "KILLED" and run.data.tags["skipped"] == "needs bolt-scratch-lambda0.1-s0, which did not finish"
+    assert run.data.params["needs"] == "bolt-hole-lambda0.1-s0,bolt-scratch-lambda0.1-s0"
+    built = {t.name: t for t in tables.build_and_log(uri, parent)}
+    lam = built["lambda_table"]
+    rows = lam.frame.reset_index().set_index("source")
+    assert rows.loc["DFMGAN (λ=0.1)", "image AUROC"] == tables.MISSING and rows.loc["DFMGAN (λ=0.1)", "category"] == "bolt"
+    assert any(f"{trial.name} (needs bolt-scratch-lambda0.1-s0" in note for note in lam.notes)

@@ -1,4 +1,4 @@
-"""The seeded base / held-back split of a category's defect images (DFMGAN's protocol, docs/dfmgan.md).
+"""The seeded base / held-back split of a category's defect images (DFMGAN's protocol, docs/dfmgan.md §6).
 
 DFMGAN's classification protocol trains stage 2 on a seeded third ("base") of each defect
 type's images and tests on the other two thirds. The joined grid of the ablation sweep uses

@@ -12,8 +12,8 @@ texture bank (DTD or procedural); `mvtec_defects` = the other categories' defect
 images, the paper-literal reading, opt-in and tagged leaky; `dfmgan` = a bank of DFMGAN
 triplets of the same category (defect-free twin, defect image, mask) from finished stage-2
 models: with probability p_anom a sample *is* a triplet (I = twin, I_a = defect image, M = mask)
-instead of a Perlin blend (docs/dfmgan.md; the stage-2 models learnt from a held-out third of
-the defect images, which the detector then does not test on). The evaluated category's test
+instead of a Perlin blend (docs/detector.md §3.6; the stage-2 models learnt from a seeded third
+of the defect images, which the detector then does not test on). The evaluated category's test
 images are never a source otherwise. Every draw comes from a `numpy.random.Generator` the caller seeds
 from (seed, rank, step), so a batch is a pure function of those three numbers.
 
