@@ -212,12 +212,15 @@ def _run_phases(sweep: Sweep, resources: Resources, concurrent: int, parent: str
                 ) -> tuple[int, float]:
     """Run every phase; returns (failed or skipped trials, trial-slot seconds = slots x phase wall
     time). A trial that finished in an earlier run of this sweep is not run again; one that did
-    not starts from its newest checkpoint. After an interruption no later phase starts."""
-    from platform import tracking, tuner
+    not starts from its newest checkpoint; a GAN trial another sweep in this storage finished with
+    the same config takes that checkpoint (platform/reuse.py). After an interruption no later
+    phase starts."""
+    from platform import reuse, tracking, tuner
 
     provenance = {"dataset": sweep.plan.dataset, **tracking.provenance()}
     sweep_storage = storage.join(sweep.storage, sweep.sweep_id)
     failed, slot_seconds = 0, 0.0
+    shared = reuse.fingerprints(sweep.plan.trials)  # GAN checkpoints other sweeps may have finished
     for phase in sweep.plan.phases:
         done = storage.read_done(sweep_storage)
         if phase.search is None:
@@ -229,10 +232,12 @@ def _run_phases(sweep: Sweep, resources: Resources, concurrent: int, parent: str
             trials = list(phase.trials)
         ready = [with_dependency(t, done) for t in trials]
         runnable = [t for t in ready if t is not None]
-        skipped = len(ready) - len(runnable)
-        if skipped:
-            print(f"phase {phase.name}: {skipped} trials skipped (the trial they start from did not finish)")
-            failed += skipped
+        for spec in (s for s, t in zip(trials, ready) if t is None):
+            reason = f"needs {', '.join(missing_dependencies(spec, done))}, which did not finish"
+            print(f"phase {phase.name}: {spec.name} skipped ({reason})")
+            tracking.log_untrained(sweep.tracking_uri, parent, provenance, spec, "KILLED", {"skipped": reason})
+            failed += 1
+        runnable = _take_finished(sweep, parent, provenance, runnable, shared, sweep_storage)
         if not runnable:
             continue
         resume = {t.name: storage.latest_checkpoint(sweep_storage, phase.name, t.name) for t in runnable}
@@ -249,20 +254,54 @@ def _run_phases(sweep: Sweep, resources: Resources, concurrent: int, parent: str
         slot_seconds += min(concurrent, len(results)) * (time.monotonic() - began)
         if signals.signum is not None:
             return failed, slot_seconds
+        done = storage.read_done(sweep_storage)
         for result in results:
+            name = result.config["trial"]["name"]
             if result.error is not None or USER_ERROR in (result.metrics or {}):
                 failed += 1
+            elif name in shared and done.get(name):
+                reuse.record(sweep.storage, shared[name], done[name], name, sweep.sweep_id, result.metrics)
     return failed, slot_seconds
 
 
+def _take_finished(sweep: Sweep, parent: str, provenance: dict, trials: list, shared: dict,
+                   sweep_storage: str) -> list:
+    """The trials still to run: a GAN trial whose finished checkpoint an earlier sweep in this
+    storage recorded (same config, same upstream checkpoints) takes it and is logged as reused."""
+    from platform import reuse, tracking
+
+    left = []
+    for trial in trials:
+        found = reuse.lookup(sweep.storage, shared[trial.name]) if trial.name in shared else None
+        if found is None:
+            left.append(trial)
+            continue
+        storage.write_done(sweep_storage, trial.name, found["path"])
+        if found["sweep_id"] == sweep.sweep_id:
+            continue  # this sweep finished it before (a rerun): its child run is there already
+        print(f"{trial.name}: reusing the finished checkpoint {found['path']} (sweep {found['sweep_id']})")
+        tracking.log_untrained(sweep.tracking_uri, parent, provenance, trial, "FINISHED",
+                               {"reused_from": found["path"], "reused_sweep": found["sweep_id"]}, found["metrics"])
+    return left
+
+
 def with_dependency(trial: TrialSpec, checkpoints: dict[str, str | None]) -> TrialSpec | None:
-    """The trial with its earlier trial's checkpoint filled into its config (None if that trial
-    did not finish). Only the pointer changes: the config was built and validated with the plan."""
-    if trial.needs is None:
+    """The trial with its earlier trials' checkpoints filled into its config (None if one of them
+    did not finish): one folder into a str field, all of them in `needs` order into a tuple field (a
+    detector's dfmgan_banks). Only the pointers change: the config was built and validated with the plan."""
+    if not trial.needs:
         return trial
-    if not checkpoints.get(trial.needs):
+    if not all(checkpoints.get(name) for name in trial.needs):
         return None
-    return dataclasses.replace(trial, cfg=dataclasses.replace(trial.cfg, **{trial.needs_key: checkpoints[trial.needs]}))
+    paths = tuple(checkpoints[name] for name in trial.needs)
+    many = isinstance(getattr(trial.cfg, trial.needs_key), tuple)
+    assert many or len(paths) == 1, f"{trial.name}: {trial.needs_key} takes one folder, needs {trial.needs}"
+    return dataclasses.replace(trial, cfg=dataclasses.replace(trial.cfg, **{trial.needs_key: paths if many else paths[0]}))
+
+
+def missing_dependencies(trial: TrialSpec, checkpoints: dict[str, str | None]) -> list[str]:
+    """The names of the trials a skipped trial needed that did not finish."""
+    return [name for name in trial.needs if not checkpoints.get(name)]
 
 
 def overhead_summary(tracking_uri: str, parent: str, slot_seconds: float) -> dict[str, float]:

@@ -47,6 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
         if kind == "ablation":
             sub.add_argument("--grid", default="paper-rows", choices=("paper-rows", "factorial"))
             sub.add_argument("--rows", type=int, nargs="+", help="only these Table 4 rows (2-8; paper-rows grid)")
+            sub.add_argument("--sources", nargs="+", metavar="SOURCE",
+                             help="appearance sources, of mvtec dtd dfmgan: the factorial's source axis, or each "
+                                  "paper row again with every source; dfmgan adds DFMGAN stage 1 and 2 phases "
+                                  "(--set gan.KEY=VALUE sets their fields)")
+            sub.add_argument("--lambdas", type=float, nargs="+",
+                             help="DFMGAN mode-seeking weights of the dfmgan source (default 0.1)")
         if kind == "gan":
             sub.add_argument("--defects", nargs="+", help="defect types (default: every type of each category)")
             sub.add_argument("--lambdas", type=float, nargs="+", help="mode-seeking weights (default 0 .05 .1 .2 .5)")
@@ -192,7 +198,8 @@ def sweep_from_args(args) -> Sweep:
 PAPER_SEEDS = 3  # the paper preset's default: enough (category, seed) pairs for the comparisons table
 
 # flags a resumed sweep keeps from its record: they change the plan or where it lives
-FIXED_ON_RESUME = ("data", "categories", "preset", "seeds", "set", "grid", "rows", "defects", "lambdas", "partitions",
+FIXED_ON_RESUME = ("data", "categories", "preset", "seeds", "set", "grid", "rows", "sources", "defects", "lambdas",
+                   "partitions",
                    "samples", "row", "workers_per_trial", "gpus_per_trial", "cpus_per_worker", "driver_resource",
                    "experiment")
 
@@ -219,6 +226,8 @@ def build_options_from(args) -> dict:
                "preset": args.preset, "extra": extra}
     if args.kind == "ablation":
         options.update(grid=args.grid, rows=args.rows, seeds=seeds)
+        if args.sources or args.lambdas:  # absent otherwise: records of earlier sweeps rebuild unchanged
+            options.update(sources=args.sources, lambdas=args.lambdas)
     elif args.kind == "gan":
         options.update(defects=args.defects, lambdas=args.lambdas, seeds=seeds)
     elif args.kind == "classify":
@@ -273,6 +282,11 @@ def describe(sweep: Sweep, list_trials: bool) -> None:
                       f"{repeat}")
     total_s = sum(estimates[t.name] * (p.search.num_samples if p.search else 1)
                   for p in plan.phases for t in p.trials)
+    if len(plan.phases) > 1:  # phases run one after the other: each one's share of the cost
+        print("phases: " + "; ".join(
+            f"{p.name} {p.search.num_samples if p.search else len(p.trials)} trials, "
+            f"{sum(estimates[t.name] * (p.search.num_samples if p.search else 1) for t in p.trials) / 3600:.2f} "
+            f"trial-hours" for p in plan.phases))
     trial_hours = total_s / 3600
     gpu_hours = trial_hours * resources.gpus_per_trial
     concurrent = resources.max_concurrent or max(1, resources.fits({"CPU": float(os.cpu_count() or 1)}))

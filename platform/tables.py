@@ -86,6 +86,7 @@ class Trial:
     params: dict
     values: dict                 # metric -> float, or "unavailable"
     run_id: str = ""
+    skipped: str = ""            # why it never ran (a trial it needs failed), from its run's tag
 
 
 # ---------------------------------------------------------------- entry points
@@ -118,7 +119,8 @@ def build_and_log(tracking_uri: str, parent_run_id: str, out_dir: Path | None = 
         import tempfile
 
         with tempfile.TemporaryDirectory(prefix="plots-") as folder:
-            drawn = ablation_plots(planned, {t.name: t for t in trials}, Path(folder), _curves_reader(client))
+            detectors = [p for p in planned if "stage" not in p.params]  # a joined grid's GAN trials: no bars
+            drawn = ablation_plots(detectors, {t.name: t for t in trials}, Path(folder), _curves_reader(client))
             client.log_artifacts(parent_run_id, folder, f"tables/v{version}/plots")
             if out_dir is not None:
                 for path in drawn:
@@ -132,11 +134,18 @@ def build(kind: str, trials: list[Trial], dataset: str, planned: list["Planned"]
     """The sweep's tables from its runs, laid out by its plan (by the runs when there is none)."""
     if planned is None:
         planned = [Planned(t.name, t.category, t.group, t.seed, t.params, t.params) for t in trials]
+    runs = {t.name: t for t in trials}
     if kind == "hpo":
         tables = hpo_tables(trials)
+    elif kind == "ablation" and any("stage" in p.params for p in planned):
+        # the joined grid: the detector's tables, DFMGAN's Table 1 and the λ table side by side
+        detectors = [p for p in planned if "stage" not in p.params]
+        tables = ablation_tables(detectors, runs) + gan_tables(planned, runs) + lambda_tables(planned, runs)
+        for table in tables:
+            table.notes.append(JOINED_SPLIT)
     else:
         builders = {"ablation": ablation_tables, "gan": gan_tables, "classify": classify_tables}
-        tables = builders[kind](planned, {t.name: t for t in trials})
+        tables = builders[kind](planned, runs)
     if dataset == "embedded":
         for table in tables:
             table.notes.append("dataset=embedded (synthetic): not comparable with the papers' MVTec AD numbers.")
@@ -147,13 +156,18 @@ def build(kind: str, trials: list[Trial], dataset: str, planned: list["Planned"]
             table.notes.append(f"{len(unfinished)} of {len(planned)} planned trials did not finish "
                                f"({', '.join(unfinished[:5])}{', ...' if len(unfinished) > 5 else ''}); their "
                                f"cells are missing ({MISSING}) and means say over how many they are taken (n/N).")
+    skipped = [t for t in trials if t.skipped]
+    if skipped:
+        for table in tables:
+            table.notes.append("Skipped: " + "; ".join(f"{t.name} ({t.skipped})" for t in skipped[:5])
+                               + ("; ..." if len(skipped) > 5 else ""))
     return tables
 
 
 def summary_text(tables: list[Table]) -> str:
     """What a sweep prints at its end: the headline tables."""
     first = {"ablation_summary", "comparisons", "ablation_image_AUROC", "classification_accuracy", "hpo_best"}
-    shown = [t for t in tables if t.name in first or t.name.startswith("dfmgan_")]
+    shown = [t for t in tables if t.name in first or t.name.startswith(("dfmgan_", "lambda_"))]
     return "\n".join(t.markdown() for t in (shown or tables))
 
 
@@ -266,7 +280,9 @@ def _variants(planned: list[Planned]) -> dict:
         if p.group in variants or not {"anomaly_source", "df", "lk"} <= set(s):
             continue
         df = _true(s["df"])
-        variants[p.group] = Variant(s["anomaly_source"], df, _true(s["lk"]), s.get("df_update", "copy") if df else "-")
+        lam = _as_float(s["lambda_ms"]) if s["anomaly_source"] == "dfmgan" else None
+        variants[p.group] = Variant(s["anomaly_source"], df, _true(s["lk"]), s.get("df_update", "copy") if df else "-",
+                                    lam)
     return variants
 
 
@@ -379,6 +395,57 @@ def gan_tables(planned: list[Planned], runs: dict[str, Trial]) -> list[Table]:
     return tables
 
 
+# ---------------------------------------------------------------- the joined grid (both papers)
+
+JOINED_SPLIT = ("Test split (joined grid): every detector row is evaluated on the same images, all good test "
+                "images plus the two thirds of each defect type that DFMGAN's stage 2 did not learn from "
+                "(seed 0, partition 0 = P1 of the classification protocol; trainables/data/split.py).")
+
+
+def lambda_tables(planned: list[Planned], runs: dict[str, Trial]) -> list[Table]:
+    """Per category: the full model (df, lk, copy) with each source, the dfmgan ones per λ, and
+    beside those DFMGAN's own KID×10³ and clustered LPIPS at that λ (mean over defect types)."""
+    full = [p for p in planned if "stage" not in p.params and _true(p.switches.get("df"))
+            and _true(p.switches.get("lk")) and p.switches.get("df_update") == "copy"]
+    if not any(p.switches.get("anomaly_source") == "dfmgan" for p in full):
+        return []
+    stage2 = [p for p in planned if p.params.get("stage") == "2"]
+    groups = _ordered_groups(full)
+    cells = {m: _cells(full, runs, m) for m in DETECTOR_METRICS}
+    lines = []
+    for category in sorted({p.category for p in full}):
+        for group in groups:
+            mine = [p for p in full if p.category == category and p.group == group]
+            if not mine:
+                continue
+            s, source = mine[0].switches, mine[0].params.get("texture_source", mine[0].switches.get("anomaly_source"))
+            line = {"category": category, "source": source,
+                    **{_short(m): _fmt_cell(cells[m][(category, group)]) for m in DETECTOR_METRICS}}
+            for metric, label in (("KID_x1e3", "DFMGAN KID×10³ ↓"), ("clustered_LPIPS", "DFMGAN cLPIPS ↑")):
+                line[label] = _gan_mean([p for p in stage2 if p.category == category and s.get("lambda_ms")
+                                         and _as_float(p.switches.get("lambda_ms")) == _as_float(s["lambda_ms"])],
+                                        runs, metric) if s.get("anomaly_source") == "dfmgan" else ""
+            lines.append(line)
+    frame = pd.DataFrame(lines).set_index("category")
+    return [Table("lambda_table", "DFMGAN's λ as the detector's source: the full model (row 7's switches) per "
+                                  "category and source (%), with DFMGAN's own KID×10³ and clustered LPIPS at that λ",
+                  frame, ["KID and cLPIPS: mean over the category's defect types (n/N when some stage-2 runs are "
+                          "missing); 'unavailable' when the Inception / AlexNet weights are not provisioned."])]
+
+
+def _gan_mean(planned: list[Planned], runs: dict[str, Trial], metric: str) -> str:
+    values = []
+    for p in planned:
+        run = runs.get(p.name)
+        value = run.values.get(metric) if run is not None and run.status == "FINISHED" else None
+        if value == UNAVAILABLE:
+            return UNAVAILABLE
+        if isinstance(value, float) and not math.isnan(value):
+            values.append(value)
+    text = _fmt_mean(values or None, scale=1, digits=3)
+    return text if len(values) in (0, len(planned)) else f"{text} ({len(values)}/{len(planned)})"
+
+
 # ---------------------------------------------------------------- classification protocol
 
 def classify_tables(planned: list[Planned], runs: dict[str, Trial]) -> list[Table]:
@@ -465,7 +532,8 @@ def _trial(run) -> Trial:
     values = {**{k: v for k, v in tags.items() if v == UNAVAILABLE}, **metrics}
     return Trial(name=tags.get("trial_name", run.info.run_name), category=params.get("category", "?"),
                  group=params.get("group", tags.get("group", "?")), seed=int(params.get("seed", 0)),
-                 status=run.info.status, params=params, values=values, run_id=run.info.run_id)
+                 status=run.info.status, params=params, values=values, run_id=run.info.run_id,
+                 skipped=tags.get("skipped", ""))
 
 
 def _ordered_groups(planned: list[Planned]) -> list[str]:
@@ -474,7 +542,7 @@ def _ordered_groups(planned: list[Planned]) -> list[str]:
 
     def key(group: str):
         row = group.split()[1] if group.startswith("row ") else ""
-        return (0, int(row), 0) if row.isdigit() else (1, 0, order.index(group))
+        return (0, int(row), order.index(group)) if row.isdigit() else (1, 0, order.index(group))
     return sorted(order, key=key)
 
 

@@ -181,6 +181,39 @@ def children(tracking_uri: str, parent_run_id: str) -> list:
             return runs
 
 
+def log_untrained(tracking_uri: str, parent_run_id: str, base_params: dict, trial, status: str,
+                  tags: dict[str, str], metrics: dict | None = None) -> str:
+    """A child run for a planned trial that Tune does not run: one skipped because a trial it
+    needs failed (status KILLED, tag `skipped` = the reason), or one whose finished checkpoint an
+    earlier sweep made (FINISHED, tag `reused_from`, that run's final metrics). Found again by name."""
+    mlflow_client = client(tracking_uri)
+    parent = mlflow_client.get_run(parent_run_id)
+    found = mlflow_client.search_runs([parent.info.experiment_id], f"tags.`{PARENT_TAG}` = '{parent_run_id}' "
+                                      f"and tags.{TRIAL_NAME_TAG} = '{trial.name}'", max_results=1)
+    if found:
+        run_id = found[0].info.run_id
+    else:
+        run_id = mlflow_client.create_run(parent.info.experiment_id, run_name=trial.name, tags={
+            PARENT_TAG: parent_run_id, TRIAL_NAME_TAG: trial.name, SWEEP_ID_TAG: parent.data.tags[SWEEP_ID_TAG],
+            "sweep_role": "trial", "group": trial.group}).info.run_id
+        from platform.tuner import labels
+
+        _log_params(mlflow_client, run_id, {**base_params, **labels(trial), "group": trial.group,
+                                            "method": trial.method, "workers": 1, **trial.config})
+        mlflow_client.log_dict(run_id, trial.config, "config.json")
+    for key, value in tags.items():
+        mlflow_client.set_tag(run_id, key, str(value)[:5000])
+    for key, value in (metrics or {}).items():
+        if key in _NOT_METRICS:
+            continue
+        if isinstance(value, str):
+            mlflow_client.set_tag(run_id, key, value[:5000])
+        elif isinstance(value, numbers.Real) and not isinstance(value, bool) and not math.isinf(float(value)):
+            mlflow_client.log_metric(run_id, key, float(value))
+    mlflow_client.set_terminated(run_id, status=status)
+    return run_id
+
+
 def provenance() -> dict[str, str]:
     """Code version and library versions, logged on every run."""
     import mlflow

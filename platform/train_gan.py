@@ -16,10 +16,7 @@ from pathlib import Path
 from trainables.checkpoint import BackgroundPersist, load_checkpoint
 from trainables.config import parse_overrides, to_flat
 from trainables.gan import make_config, train_gan_stage1, train_gan_stage2
-
-# config fields that only stage 2 reads: changing them keeps a finished stage 1 reusable
-STAGE2_ONLY = ("defect", "resume", "stage1", "lambda_ms", "lambda_match", "n_generate", "stage2_minutes",
-               "stage2_kimg")
+from trainables.gan.config import STAGE2_ONLY
 
 
 def main(args) -> int:

@@ -41,11 +41,16 @@ def tune_trials(trials, resources: Resources, train_storage: str, resume: dict[s
     the checkpoint it resumes from when an earlier run of the sweep left one."""
     from trainables.ray_adapter import trial_config
 
-    return [{**trial_config(t.method, t.config, name=t.name, group=t.group, params=t.params,
+    return [{**trial_config(t.method, t.config, name=t.name, group=t.group, params=labels(t),
                             workers=resources.workers, cpus_per_worker=resources.cpus_per_worker,
                             gpus_per_worker=resources.gpus_per_worker, train_storage=train_storage,
                             max_failures=retries, controller_failure_limit=retries),
              "category": t.category, "seed": t.seed, "resume_from": resume.get(t.name)} for t in trials]
+
+
+def labels(trial) -> dict:
+    """A trial's MLflow labels: the plan's, plus `needs`, the trials whose checkpoints it starts from."""
+    return {**trial.params, **({"needs": ",".join(trial.needs)} if trial.needs else {})}
 
 
 def run_phase(sweep_storage: str, phase, trials, resources: Resources, concurrent: int, callback,

@@ -36,9 +36,15 @@ class TrialSpec:
     seed: int
     params: Mapping[str, Any]        # labels beyond the config (paper row, grid, honest source name)
     overrides: Mapping[str, Any]     # trainer config fields (category and seed included)
-    needs: str | None = None         # name of an earlier phase's trial whose checkpoint it starts from
-    needs_key: str | None = None     # the config field that receives that checkpoint directory
+    needs: tuple[str, ...] = ()      # names of earlier phases' trials whose checkpoints it starts from
+    needs_key: str | None = None     # the config field that receives them: one folder (a str field) or
+                                     # all of them in `needs` order (a tuple field, e.g. dfmgan_banks)
     cfg: Any = None                  # the trainer's frozen config, built once by `validate_plan`
+
+    def __post_init__(self):
+        if isinstance(self.needs, str):  # one dependency, by name
+            object.__setattr__(self, "needs", (self.needs,))
+        assert bool(self.needs) == (self.needs_key is not None), (self.name, self.needs, self.needs_key)
 
     @property
     def config(self) -> dict[str, Any]:
@@ -165,7 +171,8 @@ def build_trial_config(preset: str, data: str, trial: TrialSpec, **fields):
     """The trainer's frozen config for one trial (raises UserInputError on a bad field or value)."""
     overrides = {"data": data, **trial.overrides, **fields}
     if trial.needs_key is not None and trial.needs_key not in overrides:
-        overrides[trial.needs_key] = None  # filled with the earlier trial's checkpoint at run time
+        # filled with the earlier trials' checkpoints at run time
+        overrides[trial.needs_key] = None if len(trial.needs) == 1 else ()
     return make_trial_config(trial.method, preset, overrides)
 
 
@@ -193,7 +200,7 @@ def validate_plan(plan: SweepPlan) -> SweepPlan:
         names = [t.name for t in phase.trials]
         assert len(set(names)) == len(names) and not earlier & set(names), f"duplicate trial names in {names}"
         for trial in phase.trials:
-            assert trial.needs is None or trial.needs in earlier, f"{trial.name} needs {trial.needs}"
+            assert set(trial.needs) <= earlier, f"{trial.name} needs {trial.needs}"
         phases.append(dataclasses.replace(phase, trials=tuple(
             dataclasses.replace(t, cfg=build_trial_config(plan.preset, plan.data, t)) for t in phase.trials)))
         earlier |= set(names)

@@ -23,11 +23,31 @@ def build(data: str = "embedded", categories=None, defects=None, lambdas=None, s
     categories = pick_categories(info, categories)
     seed_list = check_seeds(seeds)
     extra = check_extra(extra, AXES)
-    lambdas = tuple(float(lam) for lam in (lambdas if lambdas else LAMBDAS))
+    lambdas = check_lambdas(lambdas if lambdas else LAMBDAS)
+    stage1, stage2 = gan_trials(categories, _defects(info, categories, defects), lambdas, seed_list, extra)
+    options = {"categories": list(categories), "defects": sorted(set(defects)) if defects else None,
+               "lambdas": list(lambdas), "seeds": seeds, "set": extra}
+    plan = SweepPlan("gan", preset, data, info.dataset, options,
+                     (Phase("stage1", tuple(stage1)), Phase("stage2", tuple(stage2))))
+    return validate_plan(plan)
+
+
+def check_lambdas(lambdas) -> tuple[float, ...]:
+    lambdas = tuple(float(lam) for lam in lambdas)
     if any(lam < 0 for lam in lambdas) or len(set(lambdas)) != len(lambdas):
         raise UserInputError(f"--lambdas {' '.join(f'{lam:g}' for lam in lambdas)}: expected distinct "
                              f"non-negative lambda values")
-    per_category = _defects(info, categories, defects)
+    return lambdas
+
+
+def stage2_name(category: str, defect: str, lam: float, seed: int) -> str:
+    return f"{category}-{defect}-lambda{lam:g}-s{seed}"
+
+
+def gan_trials(categories, per_category: dict, lambdas, seed_list, extra: dict) -> tuple[list, list]:
+    """Stage-1 trials (one per category x seed) and stage-2 trials (per category x defect type x
+    λ x seed, each needing its category's stage 1). The ablation sweep's joined grid plans the same
+    trials, names and configs, so their checkpoints are interchangeable (platform/reuse.py)."""
     stage1, stage2 = [], []
     for category in categories:
         for seed in seed_list:
@@ -38,15 +58,11 @@ def build(data: str = "embedded", categories=None, defects=None, lambdas=None, s
             for defect in per_category[category]:
                 for lam in lambdas:
                     stage2.append(TrialSpec(
-                        method="gan_stage2", name=f"{category}-{defect}-lambda{lam:g}-s{seed}", group=f"λ={lam:g}",
+                        method="gan_stage2", name=stage2_name(category, defect, lam, seed), group=f"λ={lam:g}",
                         category=category, seed=seed, params={"stage": 2},
                         overrides={**extra, "category": category, "seed": seed, "defect": defect, "lambda_ms": lam},
                         needs=first.name, needs_key=STAGE1_KEY))
-    options = {"categories": list(categories), "defects": sorted(set(defects)) if defects else None,
-               "lambdas": list(lambdas), "seeds": seeds, "set": extra}
-    plan = SweepPlan("gan", preset, data, info.dataset, options,
-                     (Phase("stage1", tuple(stage1)), Phase("stage2", tuple(stage2))))
-    return validate_plan(plan)
+    return stage1, stage2
 
 
 def _defects(info, categories, requested) -> dict[str, tuple[str, ...]]:

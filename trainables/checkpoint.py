@@ -30,11 +30,16 @@ def save_checkpoint(directory: str | os.PathLike, state: dict) -> Path:
 
 def persist(checkpoint: dict, folder: str | os.PathLike,
             pictures_dir: str | os.PathLike | None = None) -> list[Path]:
-    """`save_checkpoint(folder, checkpoint)`, then each of the dict's "pictures" (if any) as
-    `<pictures_dir>/<stem>.png` (default `<folder>/pictures`); returns the pictures' paths."""
+    """`save_checkpoint(folder, checkpoint)`, then a finished stage 2's triplet bank (if any) as
+    `<folder>/triplets.npz` (a detector reads it without loading the GAN), then each of the
+    dict's "pictures" (if any) as `<pictures_dir>/<stem>.png` (default `<folder>/pictures`);
+    returns the pictures' paths."""
+    from trainables.gan.generate import TRIPLETS, save_triplets
     from trainables.pictures import save_pictures
 
-    save_checkpoint(folder, checkpoint)
+    save_checkpoint(folder, {k: v for k, v in checkpoint.items() if k != TRIPLETS})
+    if checkpoint.get(TRIPLETS):
+        save_triplets(folder, checkpoint[TRIPLETS])
     if not checkpoint.get("pictures"):
         return []
     return save_pictures(checkpoint["pictures"], Path(folder) / "pictures" if pictures_dir is None else pictures_dir)

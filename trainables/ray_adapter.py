@@ -19,7 +19,8 @@ plain function in both paths below; only its `report` callable differs.
   rank-0 checkpoints; a restarted worker group resumes from `ray.train.get_checkpoint()`.
 
 Checkpoint dicts are persisted with `trainables.checkpoint.save_checkpoint` into a temporary
-folder, plus `pictures/*.png` when the dict carries pictures, and that folder is handed to Ray,
+folder, plus `pictures/*.png` when the dict carries pictures and `triplets.npz` when it
+carries a stage-2 triplet bank (trainables/checkpoint.persist), and that folder is handed to Ray,
 which copies it to the sweep's storage, with `report.json` (the index of the report that saved
 it). Every report carries `report_index`, which continues across restarts and resumes, so the
 driver never logs a step twice, and `trainer_s` / `report_s` (seconds in the loop and in

@@ -22,7 +22,9 @@ class DetectorConfig:
     resume: str | None = None              # checkpoint directory to resume from
     # data and synthesis (paper §3.1, docs/detector.md §3)
     img_size: int = 256                    # px; a multiple of 32
-    anomaly_source: Literal["mvtec", "dtd", "mvtec_defects"] = "mvtec"
+    anomaly_source: Literal["mvtec", "dtd", "mvtec_defects", "dfmgan"] = "mvtec"
+    dfmgan_banks: tuple[str, ...] = ()     # dfmgan: the category's finished DFMGAN stage-2 checkpoint
+                                           # folders at one λ, one per defect type (their triplets.npz)
     source_per_category: int = 0           # images per other category in the pool; 0 = all
     dtd_root: str | None = None            # DTD folder for anomaly_source=dtd; absent = procedural bank
     fg_aware: bool = True                  # masks only on the object's foreground
@@ -68,6 +70,10 @@ class DetectorConfig:
     minutes: float | None = None           # wall-clock training budget; None = all epochs
     loader_workers: int | None = None      # synthesis processes per rank; None = from device and CPUs, 0 = in line
     # evaluation and reporting
+    eval_holdout_seed: int | None = None   # evaluate on the good test images plus the defect images
+                                           # held back from DFMGAN's stage 2 (partition 0 of this seed,
+                                           # trainables/data/split.py); None = the whole test split
+    holdout_fraction: float = 1 / 3        # the base share of each defect type that stage 2 learns from
     score_kernel: int = 21                 # image score = max of the k×k mean-filtered map at 256 px; scaled
     aupro_limit: float = 0.3
     eval_batch_size: int = 16
@@ -112,6 +118,10 @@ class DetectorConfig:
             raise UserInputError(f"checkpoint_minutes={self.checkpoint_minutes}: expected >= 0 (0 = every report)")
         if self.lr <= 0 or self.minutes is not None and self.minutes <= 0:
             raise UserInputError("lr and minutes: expected positive numbers")
+        if not 0 < self.holdout_fraction < 1:
+            raise UserInputError(f"holdout_fraction={self.holdout_fraction}: expected a fraction in (0, 1)")
+        if self.dfmgan_banks and self.anomaly_source != "dfmgan":
+            raise UserInputError(f"dfmgan_banks: only read with anomaly_source=dfmgan, not {self.anomaly_source}")
         if any(not 0 < m < 1 for m in self.lr_milestones):
             raise UserInputError(f"lr_milestones={list(self.lr_milestones)}: expected fractions in (0, 1)")
 

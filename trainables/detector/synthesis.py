@@ -9,8 +9,12 @@ I_a = I·(1−M) + M·(α·A + (1−α)·I) with opacity α ~ U(opacity_range). 
 Source pools (`anomaly_source`): `mvtec` = the other categories' *training* images (read
 file by file from train/good, so no test image of any category is ever opened); `dtd` = the
 texture bank (DTD or procedural); `mvtec_defects` = the other categories' defective test
-images, the paper-literal reading, opt-in and tagged leaky. The evaluated category's test
-images are never a source. Every draw comes from a `numpy.random.Generator` the caller seeds
+images, the paper-literal reading, opt-in and tagged leaky; `dfmgan` = a bank of DFMGAN
+triplets of the same category (defect-free twin, defect image, mask) from finished stage-2
+models: with probability p_anom a sample *is* a triplet (I = twin, I_a = defect image, M = mask)
+instead of a Perlin blend (docs/detector.md §3.6; the stage-2 models learnt from a seeded third
+of the defect images, which the detector then does not test on). The evaluated category's test
+images are never a source otherwise. Every draw comes from a `numpy.random.Generator` the caller seeds
 from (seed, rank, step), so a batch is a pure function of those three numbers.
 
 Not here: the networks, losses and the training loop (see model.py, losses.py, train.py).
@@ -18,6 +22,7 @@ Not here: the networks, losses and the training loop (see model.py, losses.py, t
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
@@ -25,7 +30,7 @@ from scipy import ndimage
 
 from trainables.errors import UserInputError
 
-SOURCES = ("mvtec", "dtd", "mvtec_defects")
+SOURCES = ("mvtec", "dtd", "mvtec_defects", "dfmgan")
 
 
 # ---------------------------------------------------------------- stage 1: masks
@@ -187,6 +192,7 @@ def build_source_pool(source: str, root, category: str, size: int, per_category:
 
     if source not in SOURCES:
         raise UserInputError(f"anomaly_source={source!r}: expected one of {list(SOURCES)}")
+    assert source != "dfmgan", "the dfmgan source is a TripletBank (load_triplet_bank), not a pool"
     if source == "dtd":
         # a DTD root given is an explicit ask: DTD or an error, never a silent procedural stand-in
         bank = load_texture_bank("dtd" if dtd_root else "procedural", dtd_root=dtd_root, size=size, seed=seed)
@@ -214,6 +220,68 @@ def build_source_pool(source: str, root, category: str, size: int, per_category:
     return SourcePool(np.stack(images), source, root.dataset, source == "mvtec_defects")
 
 
+@dataclass(frozen=True)
+class TripletBank:
+    """DFMGAN triplets of one category at one λ, equal numbers per defect type, at the detector's size."""
+    good: np.ndarray       # uint8 [K, S, S, 3]: the defect-free twin (same z, defect branch cut off)
+    image: np.ndarray      # uint8 [K, S, S, 3]: the defect image
+    mask: np.ndarray       # uint8 [K, S, S] in {0, 1}
+    defect: tuple[str, ...]  # the defect type of each triplet
+    lambda_ms: float       # the stage-2 models' mode-seeking weight
+
+
+def load_triplet_bank(folders, category: str, size: int) -> TripletBank:
+    """The bank of `dfmgan_banks` folders (each a finished stage-2 checkpoint with `triplets.npz`):
+    every defect type's first n triplets, n = the smallest type's count, resized to `size`."""
+    from trainables.gan.generate import TRIPLETS_FILE
+
+    if not folders:
+        raise UserInputError(f"dfmgan_banks: anomaly_source=dfmgan needs the finished DFMGAN stage-2 checkpoint "
+                             f"folders of {category!r} (one per defect type, each with {TRIPLETS_FILE}); got none. "
+                             f"Run it from `platform.sweep ablation --sources dfmgan` or set dfmgan_banks=DIR,DIR")
+    banks = []
+    for folder in folders:
+        path = Path(folder) / TRIPLETS_FILE
+        if not path.is_file():
+            raise UserInputError(f"dfmgan_banks: {path} does not exist; expected the folder of a finished "
+                                 f"DFMGAN stage-2 run (it writes {TRIPLETS_FILE} at its end)")
+        with np.load(path, allow_pickle=False) as npz:
+            banks.append({k: npz[k] for k in npz.files})
+    labels = [(str(b["category"]), str(b["defect"]), float(b["lambda_ms"])) for b in banks]
+    wrong = [f for f, (c, _, _) in zip(folders, labels) if c != category]
+    if wrong:
+        raise UserInputError(f"dfmgan_banks: {wrong[0]} holds triplets of another category; expected {category!r}")
+    defects = [d for _, d, _ in labels]
+    if len(set(defects)) != len(defects) or len({lam for _, _, lam in labels}) != 1:
+        raise UserInputError(f"dfmgan_banks: expected one folder per defect type at one λ; got {labels}")
+    n = min(len(b["image"]) for b in banks)
+    if n == 0:
+        raise UserInputError(f"dfmgan_banks: a stage-2 run generated no triplets ({labels})")
+    return TripletBank(
+        good=np.concatenate([_resize_all(b["good"][:n], size) for b in banks]),
+        image=np.concatenate([_resize_all(b["image"][:n], size) for b in banks]),
+        mask=np.concatenate([_resize_all(b["mask"][:n], size, Image.NEAREST) for b in banks]),
+        defect=tuple(d for d in defects for _ in range(n)), lambda_ms=labels[0][2])
+
+
+def _resize_all(images: np.ndarray, size: int, resample=Image.BILINEAR) -> np.ndarray:
+    """uint8 [K, R, R(, 3)] -> [K, size, size(, 3)]; masks nearest-neighbour so they stay {0, 1}."""
+    if images.shape[1] == size:
+        return np.ascontiguousarray(images)
+    return np.stack([np.asarray(Image.fromarray(x).resize((size, size), resample)) for x in images])
+
+
+def bank_grid(bank: TripletBank, n: int = 16, per_row: int = 4) -> np.ndarray:
+    """Rows of (twin | mask | defect image) triplets, taken round-robin over the defect types. uint8"""
+    from trainables.pictures import grid
+
+    types = sorted(set(bank.defect))
+    queues = [[k for k, d in enumerate(bank.defect) if d == t] for t in types]
+    picks = [q[r] for r in range(max(map(len, queues))) for q in queues if r < len(q)][:n]
+    tiles = [tile for k in picks for tile in (bank.good[k], bank.mask[k] * 255, bank.image[k])]
+    return grid(tiles, ncols=3 * min(per_row, len(picks)))
+
+
 def _resize(image: np.ndarray, size: int) -> np.ndarray:
     if image.shape[:2] == (size, size):
         return image
@@ -238,11 +306,15 @@ class SynthesisParams:
 class AnomalySynthesizer:
     """Draws (I, I_a, M, y) batches from one category's training images and a source pool."""
 
-    def __init__(self, train: np.ndarray, kind: str, pool: SourcePool, params: SynthesisParams):
+    def __init__(self, train: np.ndarray, kind: str, pool: SourcePool | None, params: SynthesisParams,
+                 bank: TripletBank | None = None):
         N, S, _, C = train.shape
+        assert (pool is None) != (bank is None), "one appearance source: a pool or a DFMGAN triplet bank"
+        assert bank is None or bank.image.shape[1] == S, (bank.image.shape, S)
         self.train = np.ascontiguousarray(train)
         self.size = S
         self.pool = pool
+        self.bank = bank
         self.params = params
         whole = params.fg_aware is False or kind == "texture"
         # foregrounds are computed once per training image and cached (docs/detector.md §3.2)
@@ -251,7 +323,18 @@ class AnomalySynthesizer:
     def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, np.ndarray]:
         """One sample: I, I_a float32 [S, S, 3] in [0, 1]; M float32 [S, S] in {0, 1}; y in {0, 1};
         the foreground FG bool [S, S] that M was restricted to."""
+        return self._draw(rng)[0]
+
+    def _draw(self, rng: np.random.Generator) -> tuple[tuple, bool]:
+        """(a sample, whether it is a DFMGAN triplet of the bank)."""
         p = self.params
+        if self.bank is not None and rng.random() < p.p_anom:
+            # a generated triplet as it is: the twin is the normal image, the mask the defect's own
+            j = int(rng.integers(len(self.bank.image)))
+            M = self.bank.mask[j].astype(bool)
+            I = self.bank.good[j].astype(np.float32) / 255.0
+            I_a = self.bank.image[j].astype(np.float32) / 255.0
+            return (I, I_a, M.astype(np.float32), int(M.any()), np.ones(M.shape, bool)), True
         k = int(rng.integers(len(self.train)))
         image, fg = self.train[k], self.foregrounds[k]
         if rng.random() < p.rot_p:
@@ -260,22 +343,23 @@ class AnomalySynthesizer:
             fg = ndimage.rotate(fg, angle, reshape=False, order=0, mode="nearest")
         I = image.astype(np.float32) / 255.0
         M = np.zeros(fg.shape, bool)
-        if rng.random() < p.p_anom:
+        if self.bank is None and rng.random() < p.p_anom:
             for _ in range(p.mask_tries):
                 M = perlin_mask(rng, self.size, p.perlin_scale_max, p.perlin_threshold) & fg
                 if M.any():
                     break
         if not M.any():
-            return I, I.copy(), M.astype(np.float32), 0, fg
+            return (I, I.copy(), M.astype(np.float32), 0, fg), False
         A = augment(rng, self.pool.images[int(rng.integers(len(self.pool.images)))], p.n_augmenters)
         alpha = np.float32(rng.uniform(*p.opacity_range))
         blend = alpha * (A.astype(np.float32) / 255.0) + (1 - alpha) * I
         I_a = np.where(M[..., None], blend, I)  # exactly I outside M
-        return I, I_a.astype(np.float32), M.astype(np.float32), 1, fg
+        return (I, I_a.astype(np.float32), M.astype(np.float32), 1, fg), False
 
     def batch(self, rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
-        """n samples stacked channel-first: I, I_a [n, 3, S, S], M and FG [n, 1, S, S], y [n]."""
-        samples = [self.sample(rng) for _ in range(n)]
-        I, I_a, M, y, FG = (np.stack(parts) for parts in zip(*samples))
+        """n samples stacked channel-first: I, I_a [n, 3, S, S], M and FG [n, 1, S, S], y [n], and
+        from_bank [n] (bool: the sample is a DFMGAN triplet)."""
+        drawn = [self._draw(rng) for _ in range(n)]
+        I, I_a, M, y, FG = (np.stack(parts) for parts in zip(*(sample for sample, _ in drawn)))
         return {"I": I.transpose(0, 3, 1, 2), "I_a": I_a.transpose(0, 3, 1, 2), "M": M[:, None],
-                "y": y.astype(np.int64), "FG": FG[:, None]}
+                "y": y.astype(np.int64), "FG": FG[:, None], "from_bank": np.array([b for _, b in drawn])}

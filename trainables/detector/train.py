@@ -41,7 +41,9 @@ from trainables.detector.metrics import detection_metrics
 from trainables.detector.pipeline import batches, default_workers
 from trainables.detector.model import (DefectPredictor, EncoderFeatures, ReconstructionNet, VGGFeatures,
                                        copy_parameters)
-from trainables.detector.synthesis import AnomalySynthesizer, SynthesisParams, build_source_pool
+from trainables.data.split import held_back
+from trainables.detector.synthesis import (AnomalySynthesizer, SynthesisParams, bank_grid, build_source_pool,
+                                           load_triplet_bank)
 from trainables.detector.validation import ValidationSet, split_train, validation_set
 from trainables.device import pick_device
 from trainables.errors import UserInputError
@@ -122,21 +124,28 @@ def train_detector(cfg: DetectorConfig, report: Report) -> dict:
     """
     device = pick_device(cfg.device)
     rank, world = rank_world()
+    bank = load_triplet_bank(cfg.dfmgan_banks, cfg.category, cfg.img_size) if cfg.anomaly_source == "dfmgan" \
+        else None  # checked first: a dfmgan trial without its banks refuses to start, in one line
     if cfg.val_fraction > 0:  # the test split stays unread until the final evaluation
         from trainables.data import category_kind, load_train
 
+        if bank is not None:
+            raise UserInputError("val_fraction: the validation split draws anomalies from an appearance pool; "
+                                 "expected anomaly_source mvtec or dtd with val_fraction > 0")
         root, data = resolve_category_or_fail(cfg.data, cfg.category), None
         images, kind = load_train(root.path, cfg.category, cfg.img_size), category_kind(cfg.category)
     else:  # decoded now: a broken test file fails the run before training, not after it
         root, data = load_category_or_fail(cfg.data, cfg.category, cfg.img_size)
+        if cfg.eval_holdout_seed is not None:  # the joined grid's test set: no image a stage-2 GAN learnt from
+            data = held_back(data, cfg.eval_holdout_seed, cfg.holdout_fraction)
         images, kind = data.train, data.kind
-    pool = build_source_pool(cfg.anomaly_source, root, cfg.category, cfg.img_size, cfg.source_per_category,
-                             cfg.dtd_root, cfg.seed)
+    pool = None if bank is not None else build_source_pool(
+        cfg.anomaly_source, root, cfg.category, cfg.img_size, cfg.source_per_category, cfg.dtd_root, cfg.seed)
     kept, held = split_train(len(images), cfg.val_fraction, cfg.val_seed)
     train_images = np.asarray(images)[kept]
     val = validation_set(np.asarray(images), held, kind, pool, synthesis_params(cfg), cfg.val_seed) \
         if len(held) and rank == 0 else None
-    synth = AnomalySynthesizer(train_images, kind, pool, synthesis_params(cfg))
+    synth = AnomalySynthesizer(train_images, kind, pool, synthesis_params(cfg), bank)
 
     torch.manual_seed(cfg.seed)
     nets = build_networks(cfg, load_vgg_state(cfg)).to(device)
@@ -159,12 +168,17 @@ def train_detector(cfg: DetectorConfig, report: Report) -> dict:
             "val_images": len(held) * 2}
     if cfg.anomaly_source == "dtd":
         info["texture_source"] = pool.origin  # "dtd" or "procedural"
+    if cfg.eval_holdout_seed is not None:
+        info["n_test"] = len(data.test_types)
+    bank_drawn = 0  # DFMGAN triplets among the training samples (dfmgan source), over the whole run
+    if bank is not None and cfg.resume:
+        bank_drawn = int(load_checkpoint(cfg.resume).get("dfmgan_samples", 0))
 
     def state(final: bool) -> dict:
         # a CPU copy: the report callable may write it on another thread while training goes on
         return snapshot({"nets": nets.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                          "train_seconds": train_seconds, "rng": rng_state(), "config": to_flat(cfg),
-                         "final": int(final)})
+                         "final": int(final), "dfmgan_samples": bank_drawn})
 
     nets.train()
     if F is not None and cfg.df_update == "copy":
@@ -185,6 +199,7 @@ def train_detector(cfg: DetectorConfig, report: Report) -> dict:
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(cfg, progress)
             batch = next(stream)
+            bank_drawn += int(batch["from_bank"].sum())
             terms = _train_step(cfg, batch, R_t, D_t, F_t, loss_fn, optimizer, device)
             if F is not None and cfg.df_update == "copy" and cfg.df_source == "ae_encoder" \
                     and (step + 1) % cfg.df_copy_every == 0:
@@ -201,12 +216,15 @@ def train_detector(cfg: DetectorConfig, report: Report) -> dict:
                 keep = checkpoint_due.due()  # on every rank (a collective); rank 0 saves
                 if val is not None:
                     metrics.update(validate(cfg, R, D, val, device))
-                report({**metrics, **info}, state(False) if keep and rank == 0 else None)
+                report({**metrics, **info, **({"dfmgan_samples": bank_drawn} if bank is not None else {})},
+                       state(False) if keep and rank == 0 else None)
                 sums = {}
     train_seconds = seconds_before + time.perf_counter() - session_start
     steps_per_s = session_steps / max(time.perf_counter() - session_start, 1e-9)
     metrics = {**_progress_metrics(cfg, sums, step, steps_per_epoch, world, train_seconds, steps_per_s,
                                    optimizer), **info, "final": 1}
+    if bank is not None:
+        metrics.update(dfmgan_samples=bank_drawn, dfmgan_lambda=bank.lambda_ms, dfmgan_bank_size=len(bank.image))
     if rank != 0:
         report(metrics, None)
         return metrics
@@ -215,9 +233,13 @@ def train_detector(cfg: DetectorConfig, report: Report) -> dict:
     eval_start = time.perf_counter()
     if data is None:  # the first time this run opens a test file
         data = load_category_or_fail(cfg.data, cfg.category, cfg.img_size)[1]
+        if cfg.eval_holdout_seed is not None:
+            data = held_back(data, cfg.eval_holdout_seed, cfg.holdout_fraction)
     results, pictures = evaluate(cfg, R, D, data, device)
     metrics.update(results)
     metrics["eval_seconds"] = round(time.perf_counter() - eval_start, 3)
+    if bank is not None:  # what the detector trained on, logged with its run
+        pictures["dfmgan_triplets"] = torch.from_numpy(bank_grid(bank, cfg.n_pictures * 2))
     report(metrics, {**state(True), "pictures": pictures})
     return metrics
 

@@ -20,6 +20,7 @@ import torch.nn.functional as F_
 
 from trainables.checkpoint import load_checkpoint, rng_state
 from trainables.config import to_flat
+from trainables.data.split import split_partition  # noqa: F401  (the joined ablation grid uses it too)
 from trainables.device import pick_device
 from trainables.errors import UserInputError, WeightsUnavailable
 from trainables.gan.generate import to_uint8
@@ -29,17 +30,6 @@ from trainables.weights import resolve_weights
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def split_partition(counts: dict[str, int], seed: int, partition: int, base_fraction: float) -> dict:
-    """{defect type: (base indices, test indices)}: a seeded permutation per type, round(K·fraction) base."""
-    rng = np.random.default_rng([seed, partition])
-    split = {}
-    for defect, k in counts.items():
-        order = rng.permutation(k)
-        n_base = min(max(1, round(k * base_fraction)), k - 1)
-        split[defect] = (np.sort(order[:n_base]), np.sort(order[n_base:]))
-    return split
 
 
 @torch.no_grad()

@@ -22,6 +22,8 @@ class GanConfig:
     device: str = "auto"                   # auto | cpu | cuda[:i]
     resume: str | None = None              # checkpoint folder of this run to continue
     stage1: str | None = None              # stage 2 / classification: the stage-1 checkpoint folder
+    holdout_seed: int | None = None        # stage 2: learn from the base third of this seed's partition 0
+                                           # (trainables/data/split.py); None = every image of the type
     # networks (docs/dfmgan.md §2.1, §2.4, §3.1, §3.3)
     resolution: int = 256                  # px, a power of 2
     z_dim: int = 512                       # = w_dim
@@ -114,6 +116,8 @@ class GanConfig:
             raise UserInputError("lambda_match, lambda_ms, augment_p, style_mixing, pl_weight: expected >= 0")
         if self.partition is not None and not 0 <= self.partition < self.partitions:
             raise UserInputError(f"partition={self.partition}: expected 0..{self.partitions - 1}")
+        if self.holdout_seed is not None and self.holdout_seed < 0:
+            raise UserInputError(f"holdout_seed={self.holdout_seed}: expected a non-negative integer or none")
         if not 0 < self.base_fraction < 1:
             raise UserInputError(f"base_fraction={self.base_fraction}: expected a fraction in (0, 1)")
 
@@ -131,6 +135,11 @@ class GanConfig:
     @property
     def ema_half_life_kimg(self) -> float:
         return self.ema_kimg if self.ema_kimg is not None else self.batch * 10 / 32
+
+
+# config fields that only stage 2 reads: changing them keeps a finished stage 1 reusable
+STAGE2_ONLY = ("defect", "resume", "stage1", "lambda_ms", "lambda_match", "n_generate", "stage2_minutes",
+               "stage2_kimg", "holdout_seed")
 
 
 # Presets: flat deltas on the defaults (= the paper setting).

@@ -7,10 +7,25 @@ carries, and mask statistics that say whether the masks are plausible (coverage)
 the defect images differ from their twins inside the mask rather than outside.
 """
 
+import os
+from pathlib import Path
+
 import numpy as np
 import torch
 
 from trainables.pictures import grid
+
+TRIPLETS = "triplets"            # the final stage-2 checkpoint's key, and the file stem beside it
+TRIPLETS_FILE = f"{TRIPLETS}.npz"
+
+
+def save_triplets(folder: str | os.PathLike, triplets: dict) -> Path:
+    """`<folder>/triplets.npz`: image, mask, good (uint8), beside the checkpoint they came from,
+    so a detector reads the bank without loading the GAN."""
+    path = Path(folder) / TRIPLETS_FILE
+    arrays = {k: v.cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v) for k, v in triplets.items()}
+    np.savez(path, **arrays)
+    return path
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:

@@ -30,11 +30,12 @@ import torch.distributed as dist
 
 from trainables.checkpoint import load_checkpoint, rng_state, set_rng_state
 from trainables.config import to_flat
+from trainables.data.split import stage2_indices
 from trainables.device import pick_device
 from trainables.errors import UserInputError
 from trainables.gan.augment import AugmentPipe, ada_adjust
 from trainables.gan.config import PRESETS, GanConfig, make_config
-from trainables.gan.generate import mask_statistics, to_uint8, triplet_pictures, generate_triplets
+from trainables.gan.generate import TRIPLETS, generate_triplets, mask_statistics, to_uint8, triplet_pictures
 from trainables.gan.loss import DFMGANLoss
 from trainables.gan.metrics import compute_clustered_lpips, compute_kid
 from trainables.gan.networks import Discriminator, Generator
@@ -138,7 +139,12 @@ def load_images(cfg: GanConfig, stage: int) -> tuple[np.ndarray, np.ndarray | No
         return data.train, None
     if not cfg.defect:
         raise UserInputError(f"defect: stage 2 needs a defect type of {cfg.category}: {list(data.defect_types)}")
-    return data.defects(cfg.defect)
+    images, masks = data.defects(cfg.defect)  # checks the type exists
+    if cfg.holdout_seed is None:
+        return images, masks
+    # the base third only: the joined ablation grid evaluates its detectors on the rest
+    base = stage2_indices(data.test_types, cfg.defect, cfg.holdout_seed, cfg.base_fraction)
+    return data.test[base], data.test_masks[base]
 
 
 # ---------------------------------------------------------------- the loop
@@ -291,13 +297,17 @@ def run(cfg: GanConfig, stage: int, report: Report, images: np.ndarray, masks: n
 
     metrics = {**progress(stage, state, len(reals), sums, counts, tick_iterations / max(time.perf_counter() - tick_began, 1e-9)),
                "final": 1}
-    pictures = None
+    pictures, triplets = None, None
     if rank == 0 and evaluate:
-        extra, pictures = evaluate_stage(cfg, stage, G_ema, images, device)
+        extra, pictures, triplets = evaluate_stage(cfg, stage, G_ema, images, device)
         metrics.update(extra)
     final = checkpoint(True) if rank == 0 else None
     if final is not None and pictures:
         final["pictures"] = {stem: torch.from_numpy(np.ascontiguousarray(p)) for stem, p in pictures.items()}
+    if final is not None and triplets is not None:
+        # the triplet bank the detector's dfmgan source reads (persisted as triplets.npz)
+        final[TRIPLETS] = {**{k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in triplets.items()},
+                           "category": cfg.category, "defect": cfg.defect, "lambda_ms": cfg.lambda_ms}
     report(metrics, final)
     return metrics, G_ema
 
@@ -311,16 +321,19 @@ def progress(stage: int, state: dict, n_reals: int, sums: dict, counts: dict, st
     return metrics
 
 
-def evaluate_stage(cfg: GanConfig, stage: int, G_ema: Generator, images: np.ndarray, device) -> tuple[dict, dict]:
-    """Final metrics and pictures: stage 1, a sample grid; stage 2, triplets, mask statistics, KID, cLPIPS."""
+def evaluate_stage(cfg: GanConfig, stage: int, G_ema: Generator, images: np.ndarray,
+                   device) -> tuple[dict, dict, dict | None]:
+    """Final metrics, pictures and (stage 2) the generated triplets: stage 1, a sample grid;
+    stage 2, triplets, mask statistics, KID, cLPIPS."""
     if stage == 1:
         gen = torch.Generator().manual_seed(cfg.seed)
         z = torch.randn(cfg.n_pictures, cfg.z_dim, generator=gen).to(device)
         with torch.no_grad():
             fakes = to_uint8(G_ema(z, noise_mode="const")[0])
-        return {}, {"stage1_samples": grid(list(fakes), ncols=min(8, len(fakes)))}
+        return {}, {"stage1_samples": grid(list(fakes), ncols=min(8, len(fakes)))}, None
     triplets = generate_triplets(G_ema, cfg.n_generate, seed=cfg.seed, device=device)
     metrics = mask_statistics(triplets)
     metrics.update(compute_kid(G_ema, images, cfg.kid_gen, device, cfg.seed, cfg.weights_dir))
     metrics.update(compute_clustered_lpips(G_ema, images, cfg.clpips_gen, device, cfg.clpips_cap, cfg.weights_dir))
-    return metrics, triplet_pictures(triplets, cfg.n_pictures)
+    metrics["n_triplets"] = len(triplets["image"])
+    return metrics, triplet_pictures(triplets, cfg.n_pictures), triplets
