@@ -252,10 +252,33 @@ def autoscale(args) -> dict:
         write_state(temp_dir, state)
         wait_for_nodes(state["dashboard"], read_token(env, state["token_path"]), 1, args.timeout,
                        temp_dir / "session_latest" / "logs")
+        publish_node_types(gcs_address, config, env)
     except BaseException:
         stop_processes(state, grace_s=5)
         raise
     return state
+
+
+def publish_node_types(gcs_address: str, config: dict, env: dict) -> None:
+    """Put the config's node types (resources, min and max count) into the GCS as Ray's
+    `ClusterConfig`, where `ray._private.state.get_max_resources_from_cluster_config()` reads
+    what the cluster can grow to: the sweep sizes its concurrency from it, Train V2 refuses
+    worker groups that could never fit. Ray 2.60's v1 autoscaler, which the fake provider
+    runs, does not publish it itself."""
+    from ray._raylet import GcsClient
+    from ray.core.generated import autoscaler_pb2
+
+    os.environ.update({k: v for k, v in env.items() if k.startswith("RAY_AUTH")})  # this process's client
+    groups = []
+    for name, node_type in config["available_node_types"].items():
+        head = name == config["head_node_type"]
+        # the proto's counts are integers: logical resources below 1 (a share of a GPU) are dropped
+        resources = {k: int(v) for k, v in node_type.get("resources", {}).items() if int(v) > 0}
+        groups.append(autoscaler_pb2.NodeGroupConfig(
+            name=name, resources=resources, min_count=1 if head else node_type.get("min_workers", 0),
+            max_count=1 if head else node_type.get("max_workers", config.get("max_workers", 0))))
+    cluster = autoscaler_pb2.ClusterConfig(node_group_configs=groups)
+    GcsClient(address=gcs_address).report_cluster_config(cluster.SerializeToString())
 
 
 def prepare_temp_dir(args) -> Path:

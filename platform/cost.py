@@ -88,3 +88,41 @@ def _gan_iterations(kimg: float, batch: int) -> int:
 
 def _capped(seconds: float, minutes: float | None) -> float:
     return min(seconds, minutes * 60) if minutes else seconds
+
+
+@dataclass(frozen=True)
+class CheckpointBytes:
+    """What one trial writes: checkpoints to the sweep's storage over its life, what storage
+    still holds at its end, and what its MLflow run keeps."""
+    written: int          # every checkpoint the trial saves to storage (interval ones + the final)
+    kept: int             # in storage at the end (Tune/Train keep the newest only)
+    mlflow: int           # the run's model artifact: weights only, or the full checkpoint when asked
+    checkpoints: int      # how many are written
+
+
+def checkpoint_bytes(cfg, method: str, trainer_seconds: float, full: int, weights: int,
+                     full_in_mlflow: bool = False, kept: int = 1) -> CheckpointBytes:
+    """Bytes of one trial's checkpoints given its expected trainer time (`trial_seconds`) and the
+    sizes counted by trainables/sizes.py. A trainer checkpoints at the first report at least
+    `checkpoint_minutes` after the last checkpoint (0 = at every report, None = final only), so
+    over a trial it writes min(reports, time / interval) of them, plus the final one."""
+    reports = _reports(cfg, method)
+    interval = getattr(cfg, "checkpoint_minutes", None)
+    if interval is None:
+        periodic = 0
+    elif interval == 0:
+        periodic = reports
+    else:
+        periodic = min(reports, math.floor(trainer_seconds / (60 * interval)))
+    count = periodic + 1
+    return CheckpointBytes(count * full, min(kept, count) * full, full if full_in_mlflow else weights, count)
+
+
+def _reports(cfg, method: str) -> int:
+    """Intermediate reports (the final one not counted) a trainer makes over its whole duration."""
+    if method == "detector":
+        return max(0, cfg.epochs // cfg.report_every - 1)
+    if method in ("gan_stage1", "gan_stage2"):
+        kimg = cfg.stage1_kimg if method == "gan_stage1" else cfg.stage2_kimg
+        return max(0, math.ceil(kimg / cfg.tick_kimg) - 1)
+    return 0

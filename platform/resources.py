@@ -3,8 +3,10 @@
 A 1-worker trial runs its loop in the Tune trial itself and holds that trial's CPUs (and GPU
 share). A nested trial (N > 1 Train workers) holds a light driver plus N workers, and a driver
 whose workers cannot start would retry forever, so concurrency is sized so that drivers and
-workers fit together (docs/platform.md §3.4). Every function computes and returns; the sweep's
-CLI prints. Not here: starting Ray or Tune.
+workers fit together (docs/platform.md §3.4). On an autoscaling cluster the size is what the
+cluster can grow to (its node types' max counts), not what is up at start: a cluster that
+starts from zero workers would otherwise run one trial at a time. Every function computes and
+returns; the sweep's CLI prints. Not here: starting Ray or Tune.
 """
 
 import dataclasses
@@ -14,6 +16,7 @@ from trainables.errors import UserInputError
 
 DRIVER_CPU = 0.1            # a nested trial's driver only waits on its TorchTrainer
 DRIVER_SHARE = 0.01         # of --driver-resource per driver (cluster configs advertise 16 per node)
+MAX_SIZED = 10_000          # a node group without a max count publishes "unbounded"
 
 
 @dataclasses.dataclass
@@ -73,19 +76,49 @@ class Resources:
         return f"1 worker ({self.cpus_per_worker:g} CPU{gpu}), the loop runs in the Tune trial itself"
 
 
+    def bundles(self) -> list[dict[str, float]]:
+        """The resource shapes one running trial asks the autoscaler for: its trial bundle plus,
+        nested, one bundle per Train worker (the placement group its controller will request)."""
+        if not self.nested:
+            return [self.trial_bundle()]
+        worker = {"CPU": self.cpus_per_worker, **({"GPU": self.gpus_per_worker} if self.gpus_per_trial else {})}
+        return [self.trial_bundle()] + [dict(worker) for _ in range(self.workers)]
+
+
 @dataclasses.dataclass
 class Sizing:
     resources: Resources        # what the sweep runs with (workers may be shrunk on a laptop)
     concurrent: int             # trials at once, as planned
     notes: list[str]            # what the CLI should tell the user
+    capacity: dict[str, float] = dataclasses.field(default_factory=dict)  # what concurrency was sized on
 
 
-def size_for_cluster(requested: Resources, cluster: dict[str, float], on_cluster: bool) -> Sizing:
-    """Concurrency that fits drivers and workers; a local runtime shrinks workers to fit one
-    trial. UserInputError when a local runtime lacks a resource the trials ask for."""
+def autoscaler_ceiling() -> dict[str, float] | None:
+    """What the connected cluster can grow to, from the cluster config an autoscaler published
+    in the GCS (node groups' resources x max count, Ray's `ClusterConfig`; Train V2 reads the same
+    record to refuse worker groups that can never fit). None when nothing is published: Ray
+    2.60's v1 autoscaler (`ray up`) does not publish it, so `--cluster-max-cpus/-gpus` say it
+    there; `cluster/local.py autoscale` publishes its YAML's node types."""
+    import ray._private.state
+
+    try:
+        ceiling = ray._private.state.state.get_max_resources_from_cluster_config()
+    except Exception:  # an older GCS without the record: the same as none published
+        return None
+    return {k: float(v) for k, v in ceiling.items()} if ceiling else None
+
+
+def size_for_cluster(requested: Resources, cluster: dict[str, float], on_cluster: bool,
+                     ceiling: dict[str, float] | None = None) -> Sizing:
+    """Concurrency that fits drivers and workers in what the cluster can grow to (`ceiling`:
+    the autoscaler's max, None = the cluster as it is now); a local runtime shrinks workers to
+    fit one trial. UserInputError when a local runtime lacks a resource the trials ask for."""
     resources = dataclasses.replace(requested)
     notes = []
-    fits = resources.fits(cluster)
+    capacity = dict(cluster)
+    if ceiling:
+        capacity.update({k: max(cluster.get(k, 0.0), v) for k, v in ceiling.items()})
+    fits = min(resources.fits(capacity), MAX_SIZED)
     if fits < 1 and resources.nested and not on_cluster:
         # a laptop: share its cores among the workers rather than wait for CPUs that never come
         resources.cpus_per_worker = round((cluster.get("CPU", 1) - DRIVER_CPU) / resources.workers, 3)
@@ -93,23 +126,25 @@ def size_for_cluster(requested: Resources, cluster: dict[str, float], on_cluster
         notes.append(f"{resources.workers} workers share this machine's {cluster.get('CPU', 0):g} CPUs "
                      f"({resources.cpus_per_worker:g} CPU each)")
     if resources.max_concurrent is None:
-        if resources.nested:
+        if resources.nested or ceiling:
             resources.max_concurrent = max(1, fits)
-        # 1-worker trials: Tune schedules what fits; an autoscaler sees the pending rest
+        # 1-worker trials without a known ceiling: Tune schedules what fits; an autoscaler sees
+        # the pending rest (grid phases keep up to 200 trials pending, TUNE_MAX_PENDING_TRIALS_PG)
     elif resources.nested and resources.max_concurrent > max(fits, 1):
         notes.append(f"--max-concurrent {resources.max_concurrent} nested trials, but the cluster fits {fits} "
-                     f"drivers plus workers now; relying on the autoscaler (worker start-up times out and "
-                     f"fails rather than hangs)")
-    missing = [k for k in resources.need() if k not in cluster]
+                     f"drivers plus workers{' at its largest' if ceiling else ' now'}; relying on more nodes "
+                     f"(worker start-up times out and fails rather than hangs)")
+    missing = [k for k in resources.need() if k not in capacity]
     if missing and not on_cluster:
         raise UserInputError(f"this machine's local Ray runtime has no {', '.join(missing)}; drop "
                              f"--driver-resource / --gpus-per-trial, or run on a cluster that has them")
     if missing:
-        notes.append(f"no node of the cluster has {', '.join(missing)} now; trials wait for the autoscaler")
-    if fits < 1:
+        notes.append(f"no node of the cluster has {', '.join(missing)}{'' if ceiling else ' now'}; trials wait for "
+                     f"a node that has")
+    if resources.fits(cluster) < 1:
         notes.append(f"no trial fits the cluster now ({fmt(resources.need())} per trial, cluster {fmt(cluster)}); "
                      f"trials wait for the autoscaler to add nodes")
-    return Sizing(resources, resources.max_concurrent or max(fits, 1), notes)
+    return Sizing(resources, resources.max_concurrent or max(fits, 1), notes, capacity)
 
 
 def fmt(resources: dict[str, float]) -> str:

@@ -17,11 +17,15 @@ import time
 from pathlib import Path
 
 from platform import cost, storage
-from platform.resources import Resources, fmt, size_for_cluster
+from platform.resources import Resources, autoscaler_ceiling, fmt, size_for_cluster
 from search_spaces.base import SweepPlan, TrialSpec, dataset_info
 from trainables.errors import UserInputError
 from trainables.ray_adapter import USER_ERROR
 
+# config fields that never change a trainer's networks (checkpoint sizes are counted once per rest)
+_NOT_ARCHITECTURE = {"category", "seed", "data", "resume", "stage1", "defect", "lambda_ms", "partition",
+                     "anomaly_source", "dtd_root", "minutes", "epochs", "stage1_minutes", "stage2_minutes",
+                     "stage1_kimg", "stage2_kimg", "lr", "device", "checkpoint_minutes", "report_every"}
 # config fields the tables lay out (ablation switches, DFMGAN's defect and λ, the partition)
 SWITCHES = ("anomaly_source", "df", "lk", "df_update", "dtd_root", "defect", "lambda_ms", "partition")
 
@@ -37,6 +41,9 @@ class Sweep:
     experiment: str
     retries: int = 3            # Tune relaunches a crashed or preempted trial this often
     tracking_outage_s: float = 600.0   # how long MLflow may be unreachable before the sweep fails
+    cluster_max: dict | None = None    # what the cluster can grow to ({"CPU": n, "GPU": m}), given by flags
+    worker_start_timeout_s: float = 600.0   # a nested trial's wait for its Train workers (cold GPU nodes)
+    log_full_checkpoint: bool = False  # MLflow keeps the full last checkpoint (optimiser state too), not weights
 
     def record(self) -> dict:
         """What `--resume` and `report` read back: the options, resources and where things are."""
@@ -60,6 +67,24 @@ class Sweep:
                                                              len(info.defect_types(t.category))),
                                            self.plan.preset, self.device, self.resources.workers)
                 for t in self.plan.trials}
+
+    def checkpoint_bytes(self) -> dict[str, cost.CheckpointBytes]:
+        """Each trial's checkpoint bytes (storage and MLflow), from its preset's state-dict sizes
+        counted on the meta device and its expected duration (the same as `estimates`)."""
+        from trainables.config import to_flat
+        from trainables.sizes import checkpoint_size
+
+        sizes, out = {}, {}
+        estimates = self.estimates()
+        for t in self.plan.trials:
+            # trials that differ only in data, category, seed or defect share an architecture
+            key = (t.method, tuple(sorted((k, str(v)) for k, v in to_flat(t.cfg).items() if k not in _NOT_ARCHITECTURE)))
+            if key not in sizes:
+                sizes[key] = checkpoint_size(t.method, t.cfg)
+            size = sizes[key]
+            out[t.name] = cost.checkpoint_bytes(t.cfg, t.method, estimates[t.name], size.full, size.weights,
+                                                self.log_full_checkpoint)
+        return out
 
     @property
     def device(self) -> str:
@@ -128,11 +153,14 @@ def run(sweep: Sweep) -> Outcome:
         parent, writer, began = None, None, time.monotonic()
         try:
             on_cluster = bool(os.environ.get("RAY_ADDRESS")) or not started_ray
-            sizing = size_for_cluster(sweep.resources, ray.cluster_resources(), on_cluster)
+            now = ray.cluster_resources()
+            ceiling = (sweep.cluster_max or autoscaler_ceiling()) if on_cluster else None
+            sizing = size_for_cluster(sweep.resources, now, on_cluster, ceiling)
             for note in sizing.notes:
                 print(f"note: {note}")
+            grows = f", up to {fmt(ceiling)} with the autoscaler" if ceiling else ""
             print(f"concurrency: {sizing.concurrent} trials at once ({fmt(sizing.resources.need())} each; "
-                  f"cluster {fmt(ray.cluster_resources())})")
+                  f"cluster {fmt(now)} now{grows})")
             if sweep.plan.data != "embedded":
                 check_data_on_nodes(sweep.plan.data, [t.category for t in sweep.plan.trials])
             storage.write_record(sweep.storage, sweep.sweep_id, sweep.record())
@@ -142,7 +170,8 @@ def run(sweep: Sweep) -> Outcome:
             print(f"MLflow parent run {parent} in {sweep.tracking_uri} (experiment {sweep.experiment})")
             writer = Writer(sweep.tracking_uri, sweep.tracking_outage_s)
             began = time.monotonic()
-            failed, slot_seconds = _run_phases(sweep, sizing.resources, sizing.concurrent, parent, writer, signals)
+            failed, slot_seconds = _run_phases(sweep, sizing.resources, sizing.concurrent, parent, writer, signals,
+                                               demand=on_cluster)
             wall = time.monotonic() - began
         except KeyboardInterrupt:
             signals.signum = signals.signum or signal.SIGINT
@@ -208,8 +237,8 @@ def _parent_params(sweep: Sweep) -> dict:
             "storage": sweep.storage}
 
 
-def _run_phases(sweep: Sweep, resources: Resources, concurrent: int, parent: str, writer, signals: Signals
-                ) -> tuple[int, float]:
+def _run_phases(sweep: Sweep, resources: Resources, concurrent: int, parent: str, writer, signals: Signals,
+                demand: bool = False) -> tuple[int, float]:
     """Run every phase; returns (failed or skipped trials, trial-slot seconds = slots x phase wall
     time). A trial that finished in an earlier run of this sweep is not run again; one that did
     not starts from its newest checkpoint; a GAN trial another sweep in this storage finished with
@@ -243,12 +272,12 @@ def _run_phases(sweep: Sweep, resources: Resources, concurrent: int, parent: str
         resume = {t.name: storage.latest_checkpoint(sweep_storage, phase.name, t.name) for t in runnable}
         total = phase.search.num_samples if phase.search else len(runnable)
         callback = tracking.MLflowTrialCallback(sweep.tracking_uri, parent, provenance, sweep.storage, total,
-                                                writer, sweep_storage)
+                                                writer, sweep_storage, sweep.log_full_checkpoint)
         began = time.monotonic()
         signals.in_fit = True
         try:
             results = tuner.run_phase(sweep_storage, phase, runnable, resources, concurrent, callback, resume,
-                                      sweep.retries)
+                                      sweep.retries, sweep.worker_start_timeout_s, demand)
         finally:
             signals.in_fit = False
         slot_seconds += min(concurrent, len(results)) * (time.monotonic() - began)

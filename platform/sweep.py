@@ -87,13 +87,25 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpus-per-trial", type=float, default=0.0,
                         help="GPUs per trial; fractions pack several 1-worker trials on a GPU")
     parser.add_argument("--cpus-per-worker", type=float, default=1.0)
-    parser.add_argument("--max-concurrent", type=int, help="trials at once (default: what the cluster fits)")
+    parser.add_argument("--max-concurrent", type=int, help="trials at once (default: what the cluster fits at its "
+                                                           "largest: the autoscaler's max, else --cluster-max-*, "
+                                                           "else the nodes up now)")
+    parser.add_argument("--cluster-max-cpus", type=float, metavar="N",
+                        help="CPUs the autoscaler can grow the cluster to, where it does not publish its node types "
+                             "(a `ray up` cluster); sizes concurrency; may change on --resume")
+    parser.add_argument("--cluster-max-gpus", type=float, metavar="N", help="GPUs likewise")
+    parser.add_argument("--worker-start-timeout-minutes", type=float, default=10.0,
+                        help="how long a multi-worker trial waits for its Train workers (a cold GPU node boots in "
+                             "minutes) before the attempt fails; may change on --resume")
     parser.add_argument("--retries", type=int, default=3,
                         help="relaunches of a crashed, preempted or OOM-killed trial, from its last checkpoint "
                              "(bad input fails at once); may change on --resume")
     parser.add_argument("--tracking-outage-minutes", type=float, default=10.0,
                         help="how long the MLflow store may be unreachable (writes are queued) before the sweep "
                              "fails; may change on --resume")
+    parser.add_argument("--log-full-checkpoint", action="store_true",
+                        help="MLflow keeps each trial's full last checkpoint (optimiser state too; resumable) "
+                             "instead of its final weights only; may change on --resume")
     parser.add_argument("--driver-resource", metavar="NAME",
                         help="custom Ray resource the drivers of multi-worker trials ask for, to keep them on "
                              "on-demand nodes (cluster/ configs advertise 'trial_driver')")
@@ -191,8 +203,16 @@ def sweep_from_args(args) -> Sweep:
                              f"the search space changed since it ran")
     if args.retries < 0 or args.tracking_outage_minutes <= 0:
         raise UserInputError("--retries and --tracking-outage-minutes: expected >= 0 and > 0")
+    if args.worker_start_timeout_minutes <= 0:
+        raise UserInputError(f"--worker-start-timeout-minutes {args.worker_start_timeout_minutes:g}: expected > 0")
+    cluster_max = {key: value for key, value in (("CPU", args.cluster_max_cpus), ("GPU", args.cluster_max_gpus))
+                   if value is not None}
+    if any(value < 0 for value in cluster_max.values()):
+        raise UserInputError("--cluster-max-cpus / --cluster-max-gpus: expected >= 0")
     return Sweep(plan, build_options, sweep_id, resources, sweep_storage, tracking_uri, experiment,
-                 retries=args.retries, tracking_outage_s=60 * args.tracking_outage_minutes)
+                 retries=args.retries, tracking_outage_s=60 * args.tracking_outage_minutes,
+                 cluster_max=cluster_max or None, worker_start_timeout_s=60 * args.worker_start_timeout_minutes,
+                 log_full_checkpoint=args.log_full_checkpoint)
 
 
 PAPER_SEEDS = 3  # the paper preset's default: enough (category, seed) pairs for the comparisons table
@@ -289,13 +309,40 @@ def describe(sweep: Sweep, list_trials: bool) -> None:
             f"trial-hours" for p in plan.phases))
     trial_hours = total_s / 3600
     gpu_hours = trial_hours * resources.gpus_per_trial
-    concurrent = resources.max_concurrent or max(1, resources.fits({"CPU": float(os.cpu_count() or 1)}))
+    where = sweep.cluster_max or {"CPU": float(os.cpu_count() or 1)}
+    concurrent = resources.max_concurrent or max(1, resources.fits(where))
     print(f"estimated cost: {trial_hours:.2f} trial-hours"
           + (f", {gpu_hours:.2f} GPU-hours" if gpu_hours else
              f", {trial_hours * resources.need()['CPU']:.2f} CPU-hours")
           + f"; about {_duration(total_s / concurrent)} of wall time at {concurrent} trial(s) at once"
-          + ("" if resources.max_concurrent else " on this machine (--max-concurrent for a cluster)"))
+          + ("" if resources.max_concurrent or sweep.cluster_max else
+             " on this machine (--max-concurrent or --cluster-max-cpus/-gpus for a cluster)"))
     print(f"cost model: {cost.basis({t.method for t in plan.trials}, plan.preset, sweep.device)}")
+    print(checkpoint_text(sweep))
+
+
+def checkpoint_text(sweep: Sweep) -> str:
+    """What the sweep's checkpoints write: per trial (the largest) and in all, to storage and MLflow."""
+    sizes = sweep.checkpoint_bytes()
+    repeat = {t.name: p.search.num_samples if p.search else 1 for p in sweep.plan.phases for t in p.trials}
+    if not any(b.written for b in sizes.values()):
+        return "checkpoints: none with model weights"
+    name = max(sizes, key=lambda n: sizes[n].written)
+    one = sizes[name]
+    total = {key: sum(getattr(b, key) * repeat[n] for n, b in sizes.items()) for key in ("written", "kept", "mlflow")}
+    mlflow = "full checkpoint" if sweep.log_full_checkpoint else "final weights only"
+    return (f"checkpoints: per trial up to {_bytes(one.written)} written to storage ({one.checkpoints} x "
+            f"{_bytes(one.written // one.checkpoints)}: every checkpoint_minutes over its expected time, plus the "
+            f"final), {_bytes(one.kept)} kept there, {_bytes(one.mlflow)} in MLflow ({mlflow}); sweep: "
+            f"{_bytes(total['written'])} written, {_bytes(total['kept'])} kept in storage, {_bytes(total['mlflow'])} "
+            f"in MLflow (pictures not counted)")
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
 
 
 def report(sweep_id: str, tracking_uri: str | None, out: str | None) -> int:

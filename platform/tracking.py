@@ -18,8 +18,8 @@ turns those reports into MLflow runs. Only this process writes, so a SQLite stor
   worker, so what is recorded is what ran. Metrics: every numeric value of every report under the trainer's own stable
   names (step = the report's index); strings ("unavailable" and its `_note`) and booleans
   become tags.
-  At the end: the last checkpoint folder (`checkpoint/`, with `pictures/*.png`), pictures
-  also under `pictures/`, and the trial's wall time and overhead (`trial_wall_s`,
+  At the end: the final weights (`checkpoint/weights.pt`; the full checkpoint with
+  optimiser state only with `--log-full-checkpoint`), the pictures under `pictures/`, and the trial's wall time and overhead (`trial_wall_s`,
   `overhead_s` = wall time minus `trainer_s`, the loop's own time).
 
 The default store is a SQLite file in the repo (`mlflow.db`); its schema is created here,
@@ -251,7 +251,8 @@ class MLflowTrialCallback(Callback):
     """
 
     def __init__(self, tracking_uri: str, parent_run_id: str, base_params: dict, storage: str, total: int,
-                 writer: Writer, sweep_storage: str):
+                 writer: Writer, sweep_storage: str, full_checkpoint: bool = False):
+        self.full_checkpoint = full_checkpoint  # MLflow keeps checkpoint.pt too, not only weights.pt
         self.tracking_uri = tracking_uri
         self.parent_run_id = parent_run_id
         self.base_params = base_params  # dataset, git sha, versions: the same for every child
@@ -328,9 +329,7 @@ class MLflowTrialCallback(Callback):
                 client.log_metric(ref.run_id, key, value)
             if folder is not None:
                 with folder as path:
-                    client.log_artifacts(ref.run_id, path, "checkpoint")
-                    if (Path(path) / "pictures").is_dir():
-                        client.log_artifacts(ref.run_id, str(Path(path) / "pictures"), "pictures")
+                    log_checkpoint(client, ref.run_id, Path(path), self.full_checkpoint)
         self.writer.call(ref, finish, f"{ref.name}: checkpoint and timings")
         stopped = "final" not in result  # a scheduler (ASHA) ended it before its last report
         checkpoint = storage.checkpoint_path(result, trial.checkpoint, self.storage)
@@ -426,6 +425,20 @@ def open_child(mlflow_client, parent_run_id: str, ref: RunRef, tags: dict, param
     ref.run_id = run.info.run_id
     _log_params(mlflow_client, ref.run_id, params)
     mlflow_client.log_dict(ref.run_id, config, "config.json")
+
+
+def log_checkpoint(mlflow_client, run_id: str, folder: Path, full: bool) -> None:
+    """A trial's last checkpoint folder into its run: under `checkpoint/` the final weights
+    (`weights.pt`, trainables/ray_adapter.py) and the small files, the full `checkpoint.pt`
+    (optimiser state too, 1.4 GB for the paper detector) only when `full`; the pictures once,
+    under `pictures/`. The full checkpoint stays in the sweep's storage either way."""
+    from trainables.checkpoint import CHECKPOINT_FILE
+
+    for item in sorted(folder.iterdir()):
+        if item.is_file() and (item.name != CHECKPOINT_FILE or full):
+            mlflow_client.log_artifact(run_id, str(item), "checkpoint")
+    if (folder / "pictures").is_dir():
+        mlflow_client.log_artifacts(run_id, str(folder / "pictures"), "pictures")
 
 
 def end_run(mlflow_client, run_id: str, status: str, tags: dict[str, str]) -> None:

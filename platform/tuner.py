@@ -9,10 +9,12 @@ callback is handed in) and the order of phases (platform/runner.py).
 
 import os
 
+from ray.tune import Callback
+
 from platform import storage
 from platform.resources import Resources, fmt
 
-CHECKPOINTS_KEPT = 2
+CHECKPOINTS_KEPT = 1   # resume needs only the newest, and a paper-preset checkpoint is 1.4 GB
 
 
 def connect_ray() -> tuple[bool, str]:
@@ -36,7 +38,7 @@ def connect_ray() -> tuple[bool, str]:
 
 
 def tune_trials(trials, resources: Resources, train_storage: str, resume: dict[str, str | None],
-                retries: int) -> list[dict]:
+                retries: int, worker_start_timeout_s: float = 600.0) -> list[dict]:
     """Each trial's Tune config: its flat trainer config as the plan built it, how to run it, and
     the checkpoint it resumes from when an earlier run of the sweep left one."""
     from trainables.ray_adapter import trial_config
@@ -44,7 +46,8 @@ def tune_trials(trials, resources: Resources, train_storage: str, resume: dict[s
     return [{**trial_config(t.method, t.config, name=t.name, group=t.group, params=labels(t),
                             workers=resources.workers, cpus_per_worker=resources.cpus_per_worker,
                             gpus_per_worker=resources.gpus_per_worker, train_storage=train_storage,
-                            max_failures=retries, controller_failure_limit=retries),
+                            max_failures=retries, controller_failure_limit=retries,
+                            worker_start_timeout_s=worker_start_timeout_s),
              "category": t.category, "seed": t.seed, "resume_from": resume.get(t.name)} for t in trials]
 
 
@@ -54,17 +57,23 @@ def labels(trial) -> dict:
 
 
 def run_phase(sweep_storage: str, phase, trials, resources: Resources, concurrent: int, callback,
-              resume: dict[str, str | None], retries: int):
+              resume: dict[str, str | None], retries: int, worker_start_timeout_s: float = 600.0,
+              demand: bool = False):
     """One Tune experiment under the sweep's storage: a grid over the phase's unfinished trials
     (a new experiment each run of the sweep, `<phase>`, `<phase>.attempt2`, ...: the trials carry
     their own resume pointers), or an Optuna study, restored when it exists (its searcher holds
-    the study). Returns Tune's ResultGrid."""
+    the study). With `demand` (a cluster), the autoscaler is asked for the running trials'
+    resources for the whole phase (`AutoscalerDemand`). Returns Tune's ResultGrid."""
     from ray import tune
 
     from trainables.ray_adapter import run_trial
 
-    configs = tune_trials(trials, resources, storage.join(sweep_storage, "train"), resume, retries)
+    configs = tune_trials(trials, resources, storage.join(sweep_storage, "train"), resume, retries,
+                          worker_start_timeout_s)
     trainable = tune.with_resources(run_trial, resources.trial_bundle())
+    total = len(trials) if phase.search is None else phase.search.num_samples
+    asked = AutoscalerDemand(resources.bundles(), concurrent, total) if demand else None
+    callbacks = [callback] + ([asked] if asked else [])  # Tune appends its own reporter to this list
     if phase.search is None:
         param_space = {"trial": tune.grid_search(configs)}
         # reusing trial actors keeps torch imported and the decoded data cached across trials
@@ -84,12 +93,52 @@ def run_phase(sweep_storage: str, phase, trials, resources: Resources, concurren
         print(f"phase {phase.name}: {len(trials) if phase.search is None else phase.search.num_samples} trials"
               + (f" ({resuming} from their last checkpoint)" if resuming else ""))
         run_config = tune.RunConfig(
-            name=name, storage_path=sweep_storage, callbacks=[callback],
+            name=name, storage_path=sweep_storage, callbacks=callbacks,
             failure_config=tune.FailureConfig(max_failures=retries),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
             verbose=0)  # Tune's tables print every config and result; the callback prints one line each
         tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
-    return tuner.fit()
+    try:
+        return tuner.fit()
+    finally:
+        if asked is not None:
+            asked.release()
+
+
+class AutoscalerDemand(Callback):
+    """Asks the autoscaler (`ray.autoscaler.sdk.request_resources`) for the bundles of as many
+    trials as run at once, for as long as that many are unfinished, then fewer.
+
+    Pending Tune trials are demand the autoscaler sees, but a nested trial's Train workers are
+    demand only while its controller waits on their placement group: before the trial's driver
+    is placed and between a timed-out start and its retry the autoscaler sees none of it, and a
+    node that came up for them can be removed as idle meanwhile. A standing request keeps the cluster at the
+    size the sweep needs through every wait, and shrinks as trials finish, so idle nodes still go.
+    A Tune callback (`on_trial_complete`/`on_trial_error`); plain data, so it pickles with the
+    Tuner of an HPO phase."""
+
+    def __init__(self, bundles: list[dict], concurrent: int, total: int):
+        self.bundles, self.concurrent, self.total = bundles, concurrent, total
+        self.ended: set[str] = set()
+        self._request(min(concurrent, total))
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._ended(trial)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._ended(trial)
+
+    def _ended(self, trial) -> None:
+        self.ended.add(trial.trial_id)
+        self._request(min(self.concurrent, self.total - len(self.ended)))
+
+    def release(self) -> None:
+        self._request(0)
+
+    def _request(self, trials: int) -> None:
+        from ray.autoscaler.sdk import request_resources
+
+        request_resources(bundles=[dict(b) for _ in range(max(0, trials)) for b in self.bundles])
 
 
 def _search_setup(search, template: dict, concurrent: int):

@@ -152,52 +152,109 @@ def test_job_submit_sweep_on_local_multinode_cluster(tmp_path):
     check_mlflow(tmp_path, len(CATEGORIES) * len(ROWS), ROWS, data=data)
 
 
+def peak_running(tmp_path: Path) -> int:
+    """The most trials running at once, from the MLflow children's start and end times (a child
+    is created when its trial starts and ended when it finishes)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    children = client.search_runs(experiments, "tags.sweep_role = 'trial'")
+    events = sorted([(r.info.start_time, 1) for r in children] + [(r.info.end_time, -1) for r in children],
+                    key=lambda e: (e[0], e[1]))   # an end before a start at the same millisecond
+    running = peak = 0
+    for _, change in events:
+        running += change
+        peak = max(peak, running)
+    return peak
+
+
+@contextmanager
+def worker_nodes_over_time(state: dict, env: dict):
+    """Polls the alive worker nodes every second; yields the list of (seconds, count) it fills."""
+    samples: list[tuple[float, int]] = []
+    stop_polling = threading.Event()
+    start = time.monotonic()
+
+    def poll():
+        while not stop_polling.is_set():
+            try:
+                workers = sum(not n["is_head_node"] for n in alive_nodes(state, env))
+                samples.append((time.monotonic() - start, workers))
+            except (urllib.error.URLError, OSError, KeyError, ValueError):
+                pass
+            stop_polling.wait(1.0)
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not samples and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert samples, "the dashboard's state API never answered"
+        assert samples[0][1] == 0, "the fake cluster must start without worker nodes"
+        yield samples
+    finally:
+        stop_polling.set()
+        poller.join(timeout=15)
+        print("worker nodes over time:", [(round(t), n) for t, n in samples if n] or "none")
+
+
+# trials long enough (a minute or two each on 2 busy cores) that node start-up does not serialise them
+LONG_TINY = ("--set", "epochs=100", "--set", "checkpoint_minutes=1")
+
+
 def test_sweep_on_fake_autoscaling_cluster(tmp_path):
     """cluster/fake_autoscaling.yaml: the head has no CPUs and there are no workers, so the
-    sweep's trials pend; the autoscaler adds worker nodes, every trial finishes, and the idle
-    workers are removed again."""
-    with local_cluster("autoscale") as (state, env):
-        samples: list[tuple[float, int]] = []    # (seconds since start, alive worker nodes)
-        stop_polling = threading.Event()
-        start = time.monotonic()
+    sweep's trials pend; the autoscaler adds worker nodes (up to 3, 1 CPU each), the sweep sizes
+    its concurrency from that maximum (published by cluster/local.py), not from the empty cluster
+    at start, and runs a trial on every node it adds; every trial finishes, and the idle workers
+    are removed again."""
+    with local_cluster("autoscale") as (state, env), worker_nodes_over_time(state, env) as samples:
+        began = time.monotonic()
+        sweep = subprocess.run(
+            [PYTHON, "-m", "platform.sweep", *sweep_flags(tmp_path, *ROWS), *LONG_TINY], cwd=REPO,
+            env={**env, "RAY_ADDRESS": state["gcs_address"]}, capture_output=True, text=True, timeout=900)
+        swept = samples[-1][0] if samples else 0
+        print(f"sweep: {time.monotonic() - began:.1f} s\n{sweep.stdout[-4000:]}\n{sweep.stderr[-2000:]}")
+        assert sweep.returncode == 0, sweep.stdout[-3000:] + sweep.stderr[-3000:]
+        n_trials = len(CATEGORIES) * len(ROWS)
+        assert f"{n_trials}/{n_trials} trials finished" in sweep.stdout
+        # 3 one-CPU worker nodes at most, 1 CPU per trial
+        assert "concurrency: 3 trials at once" in sweep.stdout, sweep.stdout[:2000]
 
-        def poll():
-            while not stop_polling.is_set():
-                try:
-                    workers = sum(not n["is_head_node"] for n in alive_nodes(state, env))
-                    samples.append((time.monotonic() - start, workers))
-                except (urllib.error.URLError, OSError, KeyError, ValueError):
-                    pass
-                stop_polling.wait(1.0)
-
-        poller = threading.Thread(target=poll, daemon=True)
-        poller.start()
-        try:
-            deadline = time.monotonic() + 60
-            while not samples and time.monotonic() < deadline:
-                time.sleep(0.2)
-            assert samples, "the dashboard's state API never answered"
-            assert samples[0][1] == 0, "the fake cluster must start without worker nodes"
-
-            sweep = subprocess.run(
-                [PYTHON, "-m", "platform.sweep", *sweep_flags(tmp_path, ROWS[0])], cwd=REPO,
-                env={**env, "RAY_ADDRESS": state["gcs_address"]}, capture_output=True, text=True, timeout=300)
-            swept = time.monotonic() - start
-            print(f"sweep: {swept:.1f} s\n{sweep.stdout[-4000:]}\n{sweep.stderr[-2000:]}")
-            assert sweep.returncode == 0, sweep.stdout[-3000:] + sweep.stderr[-3000:]
-            assert f"{len(CATEGORIES)}/{len(CATEGORIES)} trials finished" in sweep.stdout
-
-            # idle_timeout_minutes is 0.1: workers go within about 6 s + an update interval
-            deadline = time.monotonic() + 90
-            while time.monotonic() < deadline and not (samples and samples[-1][0] > swept and samples[-1][1] == 0):
-                time.sleep(1)
-        finally:
-            stop_polling.set()
-            poller.join(timeout=15)
-        print("worker nodes over time:", [(round(t), n) for t, n in samples if n] or "none")
-        peak = max(n for _, n in samples)
-        assert peak >= 1, "the autoscaler never added a worker node for the pending trials"
-        assert peak <= 3, "more workers than cluster/fake_autoscaling.yaml's max_workers"
+        # idle_timeout_minutes is 0.1: workers go within about 6 s + an update interval
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and not (samples and samples[-1][0] > swept and samples[-1][1] == 0):
+            time.sleep(1)
+        peak_nodes = max(n for _, n in samples)
+        assert peak_nodes >= 2, "the autoscaler never added more than one worker node for the pending trials"
+        assert peak_nodes <= 3, "more workers than cluster/fake_autoscaling.yaml's max_workers"
         assert samples[-1][1] == 0, f"idle workers were not removed: {samples[-5:]}"
 
-    check_mlflow(tmp_path, len(CATEGORIES), ROWS[:1])
+    peak = peak_running(tmp_path)
+    print(f"peak trials running at once: {peak} (peak worker nodes {peak_nodes})")
+    assert peak >= 2, "trials ran one by one although the autoscaler added nodes"
+    assert peak == peak_nodes, f"{peak} trials at once on {peak_nodes} one-CPU nodes: a node went unused"
+    check_mlflow(tmp_path, n_trials, ROWS)
+
+
+def test_ddp_sweep_on_fake_autoscaling_cluster(tmp_path):
+    """2-worker DDP trials (nested TorchTrainer) on the fake autoscaling cluster from zero
+    workers: each trial needs a 0.1-CPU driver plus 2 x 0.5 CPU, so the cluster at its largest
+    (3 CPUs) fits 2 at once; the workers' demand is requested from the autoscaler for the whole
+    phase and the Train start window is the flag's, so both trials run together."""
+    with local_cluster("autoscale") as (state, env), worker_nodes_over_time(state, env) as samples:
+        began = time.monotonic()
+        sweep = subprocess.run(
+            [PYTHON, "-m", "platform.sweep", *sweep_flags(tmp_path, ROWS[1]), *LONG_TINY, "--workers-per-trial", "2",
+             "--cpus-per-worker", "0.5", "--worker-start-timeout-minutes", "5"], cwd=REPO,
+            env={**env, "RAY_ADDRESS": state["gcs_address"]}, capture_output=True, text=True, timeout=900)
+        print(f"sweep: {time.monotonic() - began:.1f} s\n{sweep.stdout[-4000:]}\n{sweep.stderr[-2000:]}")
+        assert sweep.returncode == 0, sweep.stdout[-3000:] + sweep.stderr[-3000:]
+        assert f"{len(CATEGORIES)}/{len(CATEGORIES)} trials finished" in sweep.stdout
+        assert "concurrency: 2 trials at once" in sweep.stdout, sweep.stdout[:2000]
+    peak = peak_running(tmp_path)
+    print(f"peak DDP trials running at once: {peak} (peak worker nodes {max(n for _, n in samples)})")
+    assert peak == 2, "the DDP trials ran one by one although the cluster could grow to fit both"
+    check_mlflow(tmp_path, len(CATEGORIES), ROWS[1:])

@@ -17,11 +17,11 @@ import torch
 CHECKPOINT_FILE = "checkpoint.pt"
 
 
-def save_checkpoint(directory: str | os.PathLike, state: dict) -> Path:
-    """Write `state` to `<directory>/checkpoint.pt` atomically (never a half-written file)."""
+def save_checkpoint(directory: str | os.PathLike, state: dict, name: str = CHECKPOINT_FILE) -> Path:
+    """Write `state` to `<directory>/<name>` atomically (never a half-written file)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / CHECKPOINT_FILE
+    path = directory / name
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)

@@ -22,7 +22,9 @@ Checkpoint dicts are persisted with `trainables.checkpoint.save_checkpoint` into
 folder, plus `pictures/*.png` when the dict carries pictures and `triplets.npz` when it
 carries a stage-2 triplet bank (trainables/checkpoint.persist), and that folder is handed to Ray,
 which copies it to the sweep's storage, with `report.json` (the index of the report that saved
-it). Every report carries `report_index`, which continues across restarts and resumes, so the
+it) and, in a final checkpoint, `weights.pt` (the networks alone: what MLflow keeps). Ray keeps
+only the newest checkpoint of a run: resuming needs nothing older, and the paper detector's is
+1.4 GB. Every report carries `report_index`, which continues across restarts and resumes, so the
 driver never logs a step twice, and `trainer_s` / `report_s` (seconds in the loop and in
 `report`), so it can measure per-trial overhead. A `UserInputError` from the trainer (a bad
 value, a malformed dataset) ends the trial with one `user_error` report instead of an
@@ -34,28 +36,33 @@ and imports Ray lazily.
 import contextlib
 import json
 import logging
+import os
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-from trainables.checkpoint import persist
+from trainables.checkpoint import persist, save_checkpoint
 from trainables.errors import UserInputError
 from trainables.methods import load_entry, make_trial_config
 
 USER_ERROR = "user_error"   # a report with this key: the trial failed on bad input (no retry)
 REPORT_FILE = "report.json"  # in a checkpoint folder: the report that saved it (its index and metrics)
+WEIGHTS_FILE = "weights.pt"  # in a final checkpoint folder: weights_only(checkpoint)
+WEIGHT_KEYS = ("nets", "G_ema")  # the detector's networks, DFMGAN's generator (its EMA, as evaluated)
+WORKER_START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"  # ray/train/v2/_internal/constants.py
 
 def trial_config(method: str, config: dict, *, name: str, group: str = "", params: dict | None = None,
                  workers: int = 1, cpus_per_worker: float = 1, gpus_per_worker: float = 0,
-                 train_storage: str | None = None, max_failures: int = 1, controller_failure_limit: int = 1) -> dict:
+                 train_storage: str | None = None, max_failures: int = 1, controller_failure_limit: int = 1,
+                 worker_start_timeout_s: float = 600.0) -> dict:
     """The Tune config of one trial: the trainer's whole flat `config` as the driver built it,
     the trial's identity and labels (`params`, for MLflow), and how to run it; plain JSON-able values."""
     assert workers >= 1 and max_failures >= 0 and controller_failure_limit >= 0
     return {"method": method, "config": dict(config), "name": name, "group": group, "params": dict(params or {}),
             "workers": workers, "cpus_per_worker": cpus_per_worker, "gpus_per_worker": gpus_per_worker,
             "train_storage": train_storage, "max_failures": max_failures,
-            "controller_failure_limit": controller_failure_limit}
+            "controller_failure_limit": controller_failure_limit, "worker_start_timeout_s": worker_start_timeout_s}
 
 
 def worker_config(trial: dict, sampled: dict, **runtime):
@@ -114,6 +121,10 @@ def _run_nested(trial: dict, sampled: dict) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     assert trial["train_storage"], "a multi-worker trial needs the sweep's shared storage"
+    # Train V2's default start window (60 s) is shorter than a cold GPU node's boot, and the
+    # autoscaler sees the workers' demand only while the controller waits. The controller is an
+    # actor of its own; Train copies this variable to it from the process calling fit().
+    os.environ[WORKER_START_TIMEOUT_ENV] = str(trial.get("worker_start_timeout_s", 600.0))
     gpus = trial["gpus_per_worker"]
     resources = {"CPU": trial["cpus_per_worker"], **({"GPU": gpus} if gpus else {})}
     trainer = TorchTrainer(
@@ -128,7 +139,7 @@ def _run_nested(trial: dict, sampled: dict) -> None:
             storage_path=trial["train_storage"],
             failure_config=ray.train.FailureConfig(max_failures=trial["max_failures"],
                                                    controller_failure_limit=trial["controller_failure_limit"]),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),  # resume needs the newest only
             callbacks=[TuneReportCallback()]),
     )
     trainer.fit()
@@ -178,6 +189,17 @@ def _quiet_checkpoint_logs() -> None:
 def _persist(checkpoint: dict, folder: str, report: dict) -> None:
     persist(checkpoint, folder)
     (Path(folder) / REPORT_FILE).write_text(json.dumps(report, default=str))
+    weights = weights_only(checkpoint) if checkpoint.get("final") else None
+    if weights:  # what MLflow keeps of a finished trial unless asked for the full checkpoint
+        save_checkpoint(folder, weights, WEIGHTS_FILE)
+
+
+def weights_only(checkpoint: dict) -> dict:
+    """The networks a user loads to evaluate or generate, without optimiser or RNG state: the
+    detector's `nets` (R, D, F), DFMGAN's `G_ema`; with the config that built them. A third of
+    the paper detector's checkpoint (trainables/sizes.py). Empty for a checkpoint without any."""
+    nets = {key: checkpoint[key] for key in WEIGHT_KEYS if key in checkpoint}
+    return {**nets, "config": checkpoint.get("config", {})} if nets else {}
 
 
 @contextlib.contextmanager
