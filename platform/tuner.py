@@ -23,6 +23,9 @@ def connect_ray() -> tuple[bool, str]:
 
     # Tune warns on every forced experiment snapshot, which `num_to_keep` causes by design
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Tune's automatic CSV and TensorBoard loggers write (and fsync) every result in the driver's
+    # event loop, which delays every trial's next report; run_phase keeps the JSON one (result.json)
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     if ray.is_initialized():  # a caller (a notebook, a test) already connected this process
         return False, f"using this process's Ray connection ({fmt(ray.cluster_resources())})"
     address = os.environ.get("RAY_ADDRESS")
@@ -55,13 +58,14 @@ def run_phase(sweep_storage: str, phase, trials, resources: Resources, concurren
     their own resume pointers), or an Optuna study, restored when it exists (its searcher holds
     the study). Returns Tune's ResultGrid."""
     from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
 
     from trainables.ray_adapter import run_trial
 
     configs = tune_trials(trials, resources, storage.join(sweep_storage, "train"), resume, retries)
     trainable = tune.with_resources(run_trial, resources.trial_bundle())
     if phase.search is None:
-        param_space = {"trial": tune.grid_search(configs)}
+        param_space = {"trial": tune.grid_search(_Shared(configs))}
         # reusing trial actors keeps torch imported and the decoded data cached across trials
         # (a fresh actor costs seconds per trial); loops seed themselves from their config
         tune_config = tune.TuneConfig(max_concurrent_trials=resources.max_concurrent,
@@ -79,12 +83,22 @@ def run_phase(sweep_storage: str, phase, trials, resources: Resources, concurren
         print(f"phase {phase.name}: {len(trials) if phase.search is None else phase.search.num_samples} trials"
               + (f" ({resuming} from their last checkpoint)" if resuming else ""))
         run_config = tune.RunConfig(
-            name=name, storage_path=sweep_storage, callbacks=[callback],
+            name=name, storage_path=sweep_storage, callbacks=[callback, JsonLoggerCallback()],
             failure_config=tune.FailureConfig(max_failures=retries),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
             verbose=0)  # Tune's tables print every config and result; the callback prints one line each
         tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
     return tuner.fit()
+
+
+class _Shared(list):
+    """A grid's list of trial configs that deep copies as itself. Tune deep-copies the whole
+    unresolved param space for every grid variant, this list included: O(N^2) in the trials
+    (minutes of driver CPU for 500). It is never mutated; each variant's own config is still
+    copied when Tune resolves it."""
+
+    def __deepcopy__(self, memo):
+        return self
 
 
 def _search_setup(search, template: dict, concurrent: int):
