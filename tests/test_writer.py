@@ -79,7 +79,7 @@ def test_writer_drains_a_slow_store_in_order_and_coalesces(tmp_path):
         assert seen_at_end[ref.name] == reports, "a call queued after reports ran before they were written"
         assert ref.last_step == reports
 
-    # coalescing: one call per block of consecutive reports, far fewer than the reports
+    # coalescing: the reports between two calls share one log_batch per run, far fewer than the reports
     assert slow.calls == writer.requests, "no call should have been retried"
     assert writer.requests < queued / 4, (writer.requests, queued)
-    assert writer.requests >= 3 + 3 * blocks + 3   # each create, each run's block, each end
+    assert writer.requests >= 3 + 3 + 3   # each create, at least one log_batch per run, each end
