@@ -65,7 +65,7 @@ def run_phase(sweep_storage: str, phase, trials, resources: Resources, concurren
     configs = tune_trials(trials, resources, storage.join(sweep_storage, "train"), resume, retries)
     trainable = tune.with_resources(run_trial, resources.trial_bundle())
     if phase.search is None:
-        param_space = {"trial": tune.grid_search(_Shared(configs))}
+        param_space = {"trial": _Shared(tune.grid_search(configs))}
         # reusing trial actors keeps torch imported and the decoded data cached across trials
         # (a fresh actor costs seconds per trial); loops seed themselves from their config
         tune_config = tune.TuneConfig(max_concurrent_trials=resources.max_concurrent,
@@ -91,11 +91,12 @@ def run_phase(sweep_storage: str, phase, trials, resources: Resources, concurren
     return tuner.fit()
 
 
-class _Shared(list):
-    """A grid's list of trial configs that deep copies as itself. Tune deep-copies the whole
-    unresolved param space for every grid variant, this list included: O(N^2) in the trials
-    (minutes of driver CPU for 500). It is never mutated; each variant's own config is still
-    copied when Tune resolves it."""
+class _Shared(dict):
+    """A `grid_search` entry that deep copies as itself. Tune deep-copies the whole unresolved
+    param space for every grid variant, the list of every trial's config included: O(N^2) in
+    the trials (minutes of driver CPU for 500). Tune replaces the entry's list once (its
+    placeholders) and then only reads it; each variant's own config is still copied when Tune
+    resolves it. (A list subclass would not do: that replacement makes it a plain list.)"""
 
     def __deepcopy__(self, memo):
         return self

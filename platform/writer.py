@@ -45,6 +45,7 @@ class _Op:
     metrics: dict = field(default_factory=dict)
     tags: dict = field(default_factory=dict)
     what: str = ""               # for the "not saved" message
+    at: int = 0                  # "metrics": when reported (ms since the epoch), the metrics' timestamp
 
 
 class Writer:
@@ -69,7 +70,8 @@ class Writer:
 
     def log(self, ref: RunRef, step: int, metrics: dict[str, float], tags: dict[str, str]) -> None:
         """Queue one report's metrics (at `step`) and tags."""
-        self._put(_Op("metrics", ref, step=step, metrics=metrics, tags=tags, what=f"{ref.name} report {step}"))
+        self._put(_Op("metrics", ref, step=step, metrics=metrics, tags=tags, what=f"{ref.name} report {step}",
+                      at=int(time.time() * 1000)))
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything queued so far is written (or given up); True when written."""
@@ -138,8 +140,7 @@ class Writer:
             if o.step > last:
                 fresh.append(o)
                 last = o.step
-        now = int(time.time() * 1000)
-        metrics = [Metric(k, v, now, o.step) for o in fresh for k, v in o.metrics.items()]
+        metrics = [Metric(k, v, o.at, o.step) for o in fresh for k, v in o.metrics.items()]
         tags = {k: v for o in fresh for k, v in o.tags.items()}
         for start in range(0, len(metrics), MAX_BATCH):
             self.requests += 1
