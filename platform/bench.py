@@ -11,6 +11,11 @@ DRAEM's `model_unet.py` networks, side by side (`detector_vs_draem`).
 It also times the detector's input: anomaly synthesis alone (samples/s at the preset's size
 and at 256 px, the paper's) and the detector step with synthesis in line vs in loader
 processes (`loader_workers`, trainables/detector/pipeline.py).
+With the detector it also reports achieved GFLOP/s against this machine's float32 matmul peak,
+measured in the same run at the same thread count (`flops`): the step's FLOPs are counted by
+torch's FlopCounterMode on one forward+backward (matmuls and convolutions, 2 per multiply-add;
+elementwise work and the optimizer are not counted, so the ratio is a lower bound on the share
+of compute well spent).
 Not a test: it asserts nothing, it measures this machine.
 """
 
@@ -81,6 +86,7 @@ def main(argv=None) -> int:
             cfg = detector_config(args.preset, {**common, **detector_extra, "epochs": NEVER, "minutes": minutes,
                                                 "report_every": NEVER, "checkpoint_minutes": None, "n_pictures": 0})
             figures["detector"] = _per_step(train_detector(cfg, _quiet), "step")
+            extra["flops"] = _flops(cfg, figures["detector"], device, min(10.0, args.seconds / 3))
         stage1 = Path(folder) / "stage1"
         if kinds & {"gan_stage1", "gan_stage2"}:   # stage 2 starts from this stage 1
             cfg = gan_config(args.preset, {**common, "stage1_kimg": NEVER, "stage1_minutes": minutes,
@@ -112,6 +118,12 @@ def main(argv=None) -> int:
     threads = torch.get_num_threads()
     for kind, seconds in figures.items():
         print(f"{kind:<11} {args.preset} on {device}, {threads} thread(s): {seconds:.4f} s/step", file=sys.stderr)
+    if "flops" in extra:
+        f = extra["flops"]
+        print(f"detector   {f['gflop_per_step']:.3f} GFLOP/step: {f['gflops_step']:.2f} GFLOP/s as trained "
+              f"({f['share_of_peak_step']:.1%} of peak), {f['gflops_compute']:.2f} GFLOP/s on a fixed batch "
+              f"({f['share_of_peak_compute']:.1%}); matmul peak {f['matmul_peak_gflops']:.1f} GFLOP/s "
+              f"(float32 {f['matmul_n']}x{f['matmul_n']}, {threads} thread(s) on {device})", file=sys.stderr)
     for size, rate in extra.get("synthesis_samples_per_s", {}).items():
         print(f"synthesis  {size} px, 1 process: {rate:.1f} samples/s", file=sys.stderr)
     for workers, seconds in extra.get("detector_s_per_step_by_loader_workers", {}).items():
@@ -139,6 +151,62 @@ def _keep_final(folder: Path):
         if checkpoint is not None and metrics.get("final"):
             persist({k: v for k, v in checkpoint.items() if k != "pictures"}, folder)
     return report
+
+
+def _flops(cfg, s_per_step: float, device: str, seconds: float) -> dict:
+    """The detector step's FLOPs (one forward+backward on a batch of the preset's shape), its
+    achieved GFLOP/s as trained (`s_per_step`, input synthesis included) and on a fixed batch
+    (compute only, median step), and the float32 matmul peak of this process."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from trainables.detector.train import load_vgg_state
+
+    torch.manual_seed(cfg.seed)
+    nets = build_networks(cfg, load_vgg_state(cfg)).to(device)
+    R, D, F = nets["R"], nets["D"], nets["F"] if cfg.df else None
+    trained = [R, D] + ([F] if F is not None and cfg.df_update == "grad" else [])
+    optimizer = torch.optim.Adam([p for net in trained for p in net.parameters()], lr=cfg.lr)
+    rng = np.random.default_rng(cfg.seed)
+    N, S = cfg.batch_size, cfg.img_size
+    batch = {"I": rng.random((N, 3, S, S), dtype=np.float32), "I_a": rng.random((N, 3, S, S), dtype=np.float32),
+             "M": (rng.random((N, 1, S, S)) > 0.9).astype(np.float32)}
+    batch = {k: torch.from_numpy(v) for k, v in batch.items()}
+    loss_fn = build_loss(cfg)
+
+    def step():
+        _train_step(cfg, batch, R, D, F, loss_fn, optimizer, torch.device(device))  # float(loss) syncs a GPU
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    flop = counter.get_total_flops()
+    times, began = [], time.perf_counter()
+    while time.perf_counter() - began < seconds / 2 or len(times) < 3:
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    peak, n = _matmul_peak(device, seconds / 2)
+    compute = statistics.median(times)
+    return {"gflop_per_step": round(flop / 1e9, 4), "gflops_step": round(flop / s_per_step / 1e9, 3),
+            "s_per_step_compute": round(compute, 4), "gflops_compute": round(flop / compute / 1e9, 3),
+            "matmul_peak_gflops": round(peak, 2), "matmul_n": n,
+            "share_of_peak_step": round(flop / s_per_step / 1e9 / peak, 4),
+            "share_of_peak_compute": round(flop / compute / 1e9 / peak, 4)}
+
+
+def _matmul_peak(device: str, seconds: float) -> tuple[float, int]:
+    """GFLOP/s of the fastest of repeated n x n float32 matmuls (2 n^3 FLOPs), and n."""
+    n = 8192 if device.startswith("cuda") else 2048
+    a, b = (torch.randn(n, n, device=device) for _ in range(2))
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    torch.mm(a, b)   # warm-up: allocator, kernels
+    sync()
+    best, began = float("inf"), time.perf_counter()
+    while time.perf_counter() - began < seconds or best == float("inf"):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        sync()
+        best = min(best, time.perf_counter() - start)
+    return 2 * n ** 3 / best / 1e9, n
 
 
 def _synthesis_rate(cfg, size: int, seconds: float) -> float:

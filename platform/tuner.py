@@ -25,6 +25,9 @@ def connect_ray() -> tuple[bool, str]:
 
     # Tune warns on every forced experiment snapshot, which `num_to_keep` causes by design
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Tune's automatic CSV and TensorBoard loggers write (and fsync) every result in the driver's
+    # event loop, which delays every trial's next report; run_phase keeps the JSON one (result.json)
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     if ray.is_initialized():  # a caller (a notebook, a test) already connected this process
         return False, f"using this process's Ray connection ({fmt(ray.cluster_resources())})"
     address = os.environ.get("RAY_ADDRESS")
@@ -65,6 +68,7 @@ def run_phase(sweep_storage: str, phase, trials, resources: Resources, concurren
     the study). With `demand` (a cluster), the autoscaler is asked for the running trials'
     resources for the whole phase (`AutoscalerDemand`). Returns Tune's ResultGrid."""
     from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
 
     from trainables.ray_adapter import run_trial
 
@@ -75,7 +79,7 @@ def run_phase(sweep_storage: str, phase, trials, resources: Resources, concurren
     asked = AutoscalerDemand(resources.bundles(), concurrent, total) if demand else None
     callbacks = [callback] + ([asked] if asked else [])  # Tune appends its own reporter to this list
     if phase.search is None:
-        param_space = {"trial": tune.grid_search(configs)}
+        param_space = {"trial": _Shared(tune.grid_search(configs))}
         # reusing trial actors keeps torch imported and the decoded data cached across trials
         # (a fresh actor costs seconds per trial); loops seed themselves from their config
         tune_config = tune.TuneConfig(max_concurrent_trials=resources.max_concurrent,
@@ -93,7 +97,7 @@ def run_phase(sweep_storage: str, phase, trials, resources: Resources, concurren
         print(f"phase {phase.name}: {len(trials) if phase.search is None else phase.search.num_samples} trials"
               + (f" ({resuming} from their last checkpoint)" if resuming else ""))
         run_config = tune.RunConfig(
-            name=name, storage_path=sweep_storage, callbacks=callbacks,
+            name=name, storage_path=sweep_storage, callbacks=[*callbacks, JsonLoggerCallback()],
             failure_config=tune.FailureConfig(max_failures=retries),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
             verbose=0)  # Tune's tables print every config and result; the callback prints one line each
@@ -139,6 +143,17 @@ class AutoscalerDemand(Callback):
         from ray.autoscaler.sdk import request_resources
 
         request_resources(bundles=[dict(b) for _ in range(max(0, trials)) for b in self.bundles])
+
+
+class _Shared(dict):
+    """A `grid_search` entry that deep copies as itself. Tune deep-copies the whole unresolved
+    param space for every grid variant, the list of every trial's config included: O(N^2) in
+    the trials (minutes of driver CPU for 500). Tune replaces the entry's list once (its
+    placeholders) and then only reads it; each variant's own config is still copied when Tune
+    resolves it. (A list subclass would not do: that replacement makes it a plain list.)"""
+
+    def __deepcopy__(self, memo):
+        return self
 
 
 def _search_setup(search, template: dict, concurrent: int):

@@ -2,8 +2,9 @@
 
 The tracking callback turns each trial event into operations on a `Writer`: create (or find
 again) a trial's child run, log a report's metrics and tags, upload its checkpoint and
-pictures, end the run. One thread drains a bounded queue in order; consecutive metric reports
-of a run become one `log_batch` call. A failing call (the server restarting, a SQLite lock) is
+pictures, end the run. One thread drains a bounded queue in order; the metric reports queued
+between two other operations (and within half a second of each other) become one `log_batch`
+call per run. A failing call (the server restarting, a SQLite lock) is
 retried with backoff, so training goes on while the store is away and everything queued is
 written when it is back. Past `outage_s` of failures the writer gives up: `failed` says why and
 what was not saved, and the callback fails the sweep loudly with it.
@@ -23,6 +24,8 @@ from typing import Callable
 
 STEP_METRIC = "trainer_s"       # every report carries it: its history tells a reopened run's last step
 MAX_BATCH = 1000                # metrics per log_batch call (the store's limit)
+MAX_OPS = 200                   # reports coalesced into one round of log_batch calls
+LINGER_S = 0.5                  # how long a report waits for others to share its call
 
 
 @dataclass
@@ -42,6 +45,7 @@ class _Op:
     metrics: dict = field(default_factory=dict)
     tags: dict = field(default_factory=dict)
     what: str = ""               # for the "not saved" message
+    at: int = 0                  # "metrics": when reported (ms since the epoch), the metrics' timestamp
 
 
 class Writer:
@@ -66,7 +70,8 @@ class Writer:
 
     def log(self, ref: RunRef, step: int, metrics: dict[str, float], tags: dict[str, str]) -> None:
         """Queue one report's metrics (at `step`) and tags."""
-        self._put(_Op("metrics", ref, step=step, metrics=metrics, tags=tags, what=f"{ref.name} report {step}"))
+        self._put(_Op("metrics", ref, step=step, metrics=metrics, tags=tags, what=f"{ref.name} report {step}",
+                      at=int(time.time() * 1000)))
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything queued so far is written (or given up); True when written."""
@@ -91,12 +96,19 @@ class Writer:
         while True:
             op = self.queue.get()
             batch = [op]
-            while op.kind == "metrics" and len(batch) < 50:  # coalesce consecutive reports of one run
+            # coalesce the reports that follow, of any run, up to the next call (a call may create
+            # or end a run: it stays in order); wait up to LINGER_S for more, so concurrent trials'
+            # reports share one call per run even when the store keeps up
+            deadline = time.monotonic() + LINGER_S
+            while op.kind == "metrics" and len(batch) < MAX_OPS:
                 try:
                     following = self.queue.queue[0]
                 except IndexError:
-                    break
-                if following.kind != "metrics" or following.ref is not op.ref:
+                    if time.monotonic() >= deadline:
+                        break
+                    time.sleep(0.02)
+                    continue
+                if following.kind != "metrics":
                     break
                 batch.append(self.queue.get_nowait())
             try:
@@ -111,15 +123,25 @@ class Writer:
             self.requests += 1
             op.fn(self.client, op.ref)
             return
-        from mlflow.entities import Metric
+        by_run: dict[int, list[_Op]] = {}   # each run's reports, in order
+        for o in batch:
+            by_run.setdefault(id(o.ref), []).append(o)
+        for ops in by_run.values():
+            self._log_run(ops)
 
-        ref = op.ref
-        fresh = [o for o in batch if o.step > ref.last_step]  # a replayed step is dropped
-        now = int(time.time() * 1000)
-        metrics = [Metric(k, v, now, o.step) for o in fresh for k, v in o.metrics.items()]
+    def _log_run(self, ops: list[_Op]) -> None:
+        """One run's reports, as few log_batch calls as the store allows; on a retry, a run
+        already written is skipped (its last step moved on)."""
+        from mlflow.entities import Metric, RunTag
+
+        ref = ops[0].ref
+        fresh, last = [], ref.last_step
+        for o in ops:   # a replayed step (not after the last one logged or kept) is dropped
+            if o.step > last:
+                fresh.append(o)
+                last = o.step
+        metrics = [Metric(k, v, o.at, o.step) for o in fresh for k, v in o.metrics.items()]
         tags = {k: v for o in fresh for k, v in o.tags.items()}
-        from mlflow.entities import RunTag
-
         for start in range(0, len(metrics), MAX_BATCH):
             self.requests += 1
             self.client.log_batch(ref.run_id, metrics=metrics[start:start + MAX_BATCH],
