@@ -244,8 +244,11 @@ def ablation_tables(planned: list[Planned], runs: dict[str, Trial]) -> list[Tabl
     comparisons = _comparisons(planned, runs)
     marks = {c.row: c for c in comparisons if c.metric == "image_AUROC" and c.kind == "reference"}
     reference = next((c.vs for c in marks.values()), None)
+    delta = f"Δ image AUROC vs {reference or 'row 7'}"
     for line, group in zip(lines[-len(groups):], groups):
-        line[f"Δ image AUROC vs {reference or 'row 7'}"] = _mark(marks.get(group), group == reference)
+        line[delta] = _mark(marks.get(group), group == reference)
+    for line in lines:
+        line.setdefault(delta, "")  # DRAEM's published row: nothing measured to compare
     summary = pd.DataFrame(lines).set_index("Number")
     notes = ["Means over categories, ± std over seeds (per-seed means), with n/N = finished of planned "
              "(category, seed) pairs. The paper's AP is ambiguous (docs/detector.md §5): compare it with both "
