@@ -115,7 +115,9 @@ def store_state(uri: str) -> dict:
 
 def assert_store(uri: str, names: set[str], statuses: dict[str, str] | str, parent_status: str) -> dict:
     """One child per trial with the expected statuses, nothing RUNNING, each child's report steps
-    strictly increasing and without gaps (a restarted trial's replayed reports are not logged)."""
+    strictly increasing (a restarted trial's replayed reports are not logged) with no gap beyond
+    one checkpoint interval (tiny checkpoints at every report: at most one report missing, when a
+    killed driver had not yet logged a report its checkpoint already holds)."""
     state = store_state(uri)
     children = state["children"]
     assert len(children) == len(set(children)) and set(children) <= names, sorted(children)
@@ -124,7 +126,9 @@ def assert_store(uri: str, names: set[str], statuses: dict[str, str] | str, pare
         expected = statuses if isinstance(statuses, str) else statuses.get(name, "?")
         assert child.info.status == expected, (name, child.info.status, expected)
         steps = state["steps"][name]
-        assert steps == list(range(1, len(steps) + 1)), (name, steps)
+        gaps = [b - a for a, b in zip(steps, steps[1:])]
+        assert steps[:1] == [1] and all(1 <= gap <= 2 for gap in gaps), (name, steps)
+        print(f"{name}: {len(steps)} steps, {sum(gap - 1 for gap in gaps)} missing")
     counts: dict[str, int] = {}
     for child in children.values():
         counts[child.info.status] = counts.get(child.info.status, 0) + 1
