@@ -40,7 +40,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from trainables.checkpoint import persist, save_checkpoint
 from trainables.errors import UserInputError

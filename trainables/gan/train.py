@@ -19,7 +19,6 @@ whose reducer does not cover the double-backward regularisers). Only rank 0 eval
 """
 
 import copy
-import math
 import time
 from collections import defaultdict
 from typing import Callable
