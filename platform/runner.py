@@ -270,6 +270,7 @@ def _run_phases(sweep: Sweep, resources: Resources, concurrent: int, parent: str
         if not runnable:
             continue
         resume = {t.name: storage.latest_checkpoint(sweep_storage, phase.name, t.name) for t in runnable}
+        logged = tracking.logged_steps(sweep.tracking_uri, parent, {name for name, at in resume.items() if at})
         total = phase.search.num_samples if phase.search else len(runnable)
         callback = tracking.MLflowTrialCallback(sweep.tracking_uri, parent, provenance, sweep.storage, total,
                                                 writer, sweep_storage, sweep.log_full_checkpoint)
@@ -277,7 +278,7 @@ def _run_phases(sweep: Sweep, resources: Resources, concurrent: int, parent: str
         signals.in_fit = True
         try:
             results = tuner.run_phase(sweep_storage, phase, runnable, resources, concurrent, callback, resume,
-                                      sweep.retries, sweep.worker_start_timeout_s, demand)
+                                      logged, sweep.retries, sweep.worker_start_timeout_s, demand)
         finally:
             signals.in_fit = False
         slot_seconds += min(concurrent, len(results)) * (time.monotonic() - began)

@@ -42,7 +42,7 @@ from platform import storage
 from platform.tuner import trial_name
 from trainables.errors import UserInputError
 from platform.writer import STEP_METRIC, RunRef, Writer
-from trainables.ray_adapter import USER_ERROR
+from trainables.ray_adapter import RESENT, USER_ERROR
 
 DEFAULT_EXPERIMENT = "defect-sweeps"
 TRIAL_NAME_TAG = "trial_name"
@@ -56,7 +56,7 @@ STATUS_EVERY_S = 30.0   # a line about running trials at most this often
 _NOT_METRICS = {"training_iteration", "time_total_s", "episodes_total", "timesteps_total", "node_ip",
                 "hostname", "pid", "time_this_iter_s", "timestamp", "date", "time_since_restore",
                 "timesteps_since_restore", "iterations_since_restore", "config", "checkpoint_dir_name",
-                "done", "trial_id", "experiment_tag", "should_checkpoint", "checkpoint_path"}
+                "done", "trial_id", "experiment_tag", "should_checkpoint", "checkpoint_path", RESENT}
 
 
 def default_tracking_uri(root: str | os.PathLike = ".") -> str:
@@ -165,6 +165,15 @@ def close_parent(tracking_uri: str, parent_run_id: str, status: str, metrics: di
     for key, value in metrics.items():
         mlflow_client.log_metric(parent_run_id, key, value)
     mlflow_client.set_terminated(parent_run_id, status=status)
+
+
+def logged_steps(tracking_uri: str, parent_run_id: str, names: set[str]) -> dict[str, int]:
+    """The last step each named trial's child run logged (trials without a child are absent):
+    what a resumed trial need not re-send (trainables/ray_adapter._Reporter)."""
+    mlflow_client = client(tracking_uri)
+    return {run.info.run_name: max((m.step for m in mlflow_client.get_metric_history(run.info.run_id, STEP_METRIC)),
+                                   default=0)
+            for run in children(tracking_uri, parent_run_id) if run.info.run_name in names}
 
 
 def children(tracking_uri: str, parent_run_id: str) -> list:

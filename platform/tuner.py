@@ -41,9 +41,10 @@ def connect_ray() -> tuple[bool, str]:
 
 
 def tune_trials(trials, resources: Resources, train_storage: str, resume: dict[str, str | None],
-                retries: int, worker_start_timeout_s: float = 600.0) -> list[dict]:
-    """Each trial's Tune config: its flat trainer config as the plan built it, how to run it, and
-    the checkpoint it resumes from when an earlier run of the sweep left one."""
+                logged: dict[str, int], retries: int, worker_start_timeout_s: float = 600.0) -> list[dict]:
+    """Each trial's Tune config: its flat trainer config as the plan built it, how to run it, the
+    checkpoint it resumes from when an earlier run of the sweep left one, and the last step its
+    child run logged then (`logged`: the reports it need not re-send)."""
     from trainables.ray_adapter import trial_config
 
     return [{**trial_config(t.method, t.config, name=t.name, group=t.group, params=labels(t),
@@ -51,7 +52,8 @@ def tune_trials(trials, resources: Resources, train_storage: str, resume: dict[s
                             gpus_per_worker=resources.gpus_per_worker, train_storage=train_storage,
                             max_failures=retries, controller_failure_limit=retries,
                             worker_start_timeout_s=worker_start_timeout_s),
-             "category": t.category, "seed": t.seed, "resume_from": resume.get(t.name)} for t in trials]
+             "category": t.category, "seed": t.seed, "resume_from": resume.get(t.name),
+             "logged_through": logged.get(t.name, 0)} for t in trials]
 
 
 def labels(trial) -> dict:
@@ -60,7 +62,7 @@ def labels(trial) -> dict:
 
 
 def run_phase(sweep_storage: str, phase, trials, resources: Resources, concurrent: int, callback,
-              resume: dict[str, str | None], retries: int, worker_start_timeout_s: float = 600.0,
+              resume: dict[str, str | None], logged: dict[str, int], retries: int, worker_start_timeout_s: float = 600.0,
               demand: bool = False):
     """One Tune experiment under the sweep's storage: a grid over the phase's unfinished trials
     (a new experiment each run of the sweep, `<phase>`, `<phase>.attempt2`, ...: the trials carry
@@ -72,7 +74,7 @@ def run_phase(sweep_storage: str, phase, trials, resources: Resources, concurren
 
     from trainables.ray_adapter import run_trial
 
-    configs = tune_trials(trials, resources, storage.join(sweep_storage, "train"), resume, retries,
+    configs = tune_trials(trials, resources, storage.join(sweep_storage, "train"), resume, logged, retries,
                           worker_start_timeout_s)
     trainable = tune.with_resources(run_trial, resources.trial_bundle())
     total = len(trials) if phase.search is None else phase.search.num_samples

@@ -21,8 +21,8 @@ plain function in both paths below; only its `report` callable differs.
 Checkpoint dicts are persisted with `trainables.checkpoint.save_checkpoint` into a temporary
 folder, plus `pictures/*.png` when the dict carries pictures and `triplets.npz` when it
 carries a stage-2 triplet bank (trainables/checkpoint.persist), and that folder is handed to Ray,
-which copies it to the sweep's storage, with `report.json` (the index of the report that saved
-it) and, in a final checkpoint, `weights.pt` (the networks alone: what MLflow keeps). Ray keeps
+which copies it to the sweep's storage, with `reports.json` (the trial's reports up to the one
+that saved it) and, in a final checkpoint, `weights.pt` (the networks alone: what MLflow keeps). Ray keeps
 only the newest checkpoint of a run: resuming needs nothing older, and the paper detector's is
 1.4 GB. Every report carries `report_index`, which continues across restarts and resumes, so the
 driver never logs a step twice, and `trainer_s` / `report_s` (seconds in the loop and in
@@ -47,7 +47,8 @@ from trainables.errors import UserInputError
 from trainables.methods import load_entry, make_trial_config
 
 USER_ERROR = "user_error"   # a report with this key: the trial failed on bad input (no retry)
-REPORT_FILE = "report.json"  # in a checkpoint folder: the report that saved it (its index and metrics)
+REPORTS_FILE = "reports.json"  # in a checkpoint folder: the trial's reports up to the one that saved it
+RESENT = "resent"  # a report re-sent by a resumed trial from its checkpoint's history (see _Reporter)
 WEIGHTS_FILE = "weights.pt"  # in a final checkpoint folder: weights_only(checkpoint)
 WEIGHT_KEYS = ("nets", "G_ema")  # the detector's networks, DFMGAN's generator (its EMA, as evaluated)
 WORKER_START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"  # ray/train/v2/_internal/constants.py
@@ -96,13 +97,14 @@ def _run_direct(trial: dict, sampled: dict) -> None:
                 tune.report(stamped)
                 return
             with tempfile.TemporaryDirectory(prefix="ckpt-") as folder:
-                _persist(checkpoint, folder, stamped)
+                _persist(checkpoint, folder, reporter.history)
                 tune.report(stamped, checkpoint=tune.Checkpoint.from_directory(folder))
 
-    with _resume_folder(tune.get_checkpoint(), trial) as resume, _local_inputs(trial) as trial:
-        reporter = _Reporter(resume)
-        if reporter.resumed:
-            tune.report(reporter.resumed)  # see _Reporter
+    restarted = tune.get_checkpoint()  # Tune restarting this trial: its driver logged the checkpoint's report
+    with _resume_folder(restarted, trial) as resume, _local_inputs(trial) as trial:
+        reporter = _Reporter(resume, None if restarted else trial.get("logged_through"))
+        for resent in reporter.unlogged():
+            tune.report(resent)
         try:
             cfg = worker_config(trial, sampled, resume=resume)
             entry(cfg, report)
@@ -161,14 +163,16 @@ def _train_worker(loop_config: dict) -> None:
                 ray.train.report(stamped)
                 return
             with tempfile.TemporaryDirectory(prefix="ckpt-") as folder:
-                _persist(checkpoint, folder, stamped)
+                _persist(checkpoint, folder, reporter.history)
                 ray.train.report(stamped, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
     device = ray.train.torch.get_device()  # this rank's GPU, or cpu
+    # a restart of this Train run, or of the trial, cannot be told from the resumed sweep's first
+    # attempt here: re-send what the driver had not logged when this attempt of the sweep began
     with _resume_folder(ray.train.get_checkpoint(), trial) as resume, _local_inputs(trial) as trial:
-        reporter = _Reporter(resume)
-        if reporter.resumed:
-            ray.train.report(reporter.resumed)  # every rank, like every report (see _Reporter)
+        reporter = _Reporter(resume, trial.get("logged_through"))
+        for resent in reporter.unlogged():
+            ray.train.report(resent)  # every rank, like every report
         try:
             cfg = worker_config(trial, sampled, resume=resume, device=str(device))
             entry(cfg, report)
@@ -186,9 +190,9 @@ def _quiet_checkpoint_logs() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def _persist(checkpoint: dict, folder: str, report: dict) -> None:
+def _persist(checkpoint: dict, folder: str, reports: list[dict]) -> None:
     persist(checkpoint, folder)
-    (Path(folder) / REPORT_FILE).write_text(json.dumps(report, default=str))
+    (Path(folder) / REPORTS_FILE).write_text(json.dumps(reports, default=str))
     weights = weights_only(checkpoint) if checkpoint.get("final") else None
     if weights:  # what MLflow keeps of a finished trial unless asked for the full checkpoint
         save_checkpoint(folder, weights, WEIGHTS_FILE)
@@ -249,30 +253,39 @@ class _Reporter:
     """Stamps every report with `report_index` (1, 2, ... over the trial's whole life: it
     continues from the checkpoint a restarted trial resumes, so the driver logs each index once
     and a replayed report is recognisable) and with `trainer_s` (seconds in the loop, excluding
-    the time inside `report`) and `report_s` (time persisting reports).
+    the time inside `report`) and `report_s` (time persisting reports); keeps them all (`history`).
 
-    A checkpoint folder keeps the report that saved it (`report.json`). A trial resuming from
-    it sends that report again first (`resumed`): the driver may have stopped before logging
-    it (the checkpoint reaches storage before its report reaches the driver); if it was logged,
-    the driver drops the copy. So no step is missing from a resumed trial's history."""
+    A checkpoint folder keeps the history up to the report that saved it (`reports.json`, a few
+    numbers per report). A checkpoint reaches storage before its report reaches the driver, so a
+    driver killed while the trial ran may not have logged the last reports before the newest
+    checkpoint. A trial resuming from it re-sends them first (`unlogged`): those after
+    `logged_through`, the step the driver had logged when the sweep resumed, or only the
+    checkpoint's own report when that is unknown (a copy the driver already logged is dropped).
+    So no step is missing from a resumed trial's history."""
 
-    def __init__(self, resume: str | None):
+    def __init__(self, resume: str | None, logged_through: int | None = None):
         self.start = time.perf_counter()
         self.report_s = 0.0
-        self.index = 0
-        self.resumed: dict | None = None
-        saved = Path(resume) / REPORT_FILE if resume else None
+        self.history: list[dict] = []
+        saved = Path(resume) / REPORTS_FILE if resume else None
         if saved is not None and saved.exists():
-            self.resumed = json.loads(saved.read_text())
-            self.index = int(self.resumed["report_index"])
+            self.history = json.loads(saved.read_text())
+        self.index = self.history[-1]["report_index"] if self.history else 0
+        self.logged_through = self.index - 1 if logged_through is None else logged_through
+
+    def unlogged(self) -> list[dict]:
+        """The saved reports the driver may not have logged, marked `resent`."""
+        return [{**report, RESENT: True} for report in self.history if report["report_index"] > self.logged_through]
 
     @contextlib.contextmanager
     def stamp(self, metrics: dict[str, Any]):
-        """Yields `metrics` stamped as above; times the block."""
+        """Yields `metrics` stamped as above (and kept in `history`); times the block."""
         began = time.perf_counter()
         self.index += 1
-        try:
-            yield {**metrics, "report_index": self.index, "trainer_s": round(began - self.start - self.report_s, 3),
+        stamped = {**metrics, "report_index": self.index, "trainer_s": round(began - self.start - self.report_s, 3),
                    "report_s": round(self.report_s, 3)}
+        self.history.append({k: v for k, v in stamped.items() if not isinstance(v, dict)})
+        try:
+            yield stamped
         finally:
             self.report_s += time.perf_counter() - began
