@@ -10,7 +10,7 @@ from platform import cost
 from platform.resources import Resources, size_for_cluster
 from trainables.checkpoint import CHECKPOINT_FILE, save_checkpoint
 from trainables.detector.config import make_config
-from trainables.ray_adapter import WEIGHTS_FILE, _persist, weights_only
+from trainables.ray_adapter import WEIGHTS_FILE, _persist
 from trainables.sizes import checkpoint_size
 
 
@@ -63,8 +63,8 @@ def test_checkpoints_by_interval_and_what_mlflow_keeps():
 
 def test_final_checkpoint_folder_holds_weights_beside_the_full_state(tmp_path):
     nets = {"R": {"w": torch.zeros(3)}}
-    _persist({"nets": nets, "optimizer": {"state": {}}, "config": {"a": 1}, "final": 0}, str(tmp_path / "mid"), 1)
+    _persist({"nets": nets, "optimizer": {"state": {}}, "config": {"a": 1}, "final": 0}, str(tmp_path / "mid"), [])
     assert not (tmp_path / "mid" / WEIGHTS_FILE).exists()   # only the final one: MLflow logs that
-    _persist({"nets": nets, "optimizer": {"state": {}}, "config": {"a": 1}, "final": 1}, str(tmp_path / "end"), 2)
+    _persist({"nets": nets, "optimizer": {"state": {}}, "config": {"a": 1}, "final": 1}, str(tmp_path / "end"), [])
     weights = torch.load(tmp_path / "end" / WEIGHTS_FILE, weights_only=True)
     assert set(weights) == {"nets", "config"} and (Path(tmp_path / "end") / CHECKPOINT_FILE).exists()

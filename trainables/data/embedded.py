@@ -692,7 +692,7 @@ def _defect_thread(rng, ctx):
 
 def _defect_broken(rng, ctx):
     """mesh: a wire snapped near a grid crossing."""
-    meta, size = ctx["meta"], ctx["size"]
+    meta = ctx["meta"]
     axis = int(rng.integers(2))
     k = rng.integers(-3, 4, 2)
     pitch = meta["pitch"]
