@@ -138,7 +138,7 @@ class Signals:
 def run(sweep: Sweep) -> Outcome:
     import ray
 
-    from platform import tables, tracking, tuner
+    from platform import tables, tracking, tuner, ui_view
     from platform.writer import Writer
     from trainables.data import resolve_data
 
@@ -164,9 +164,12 @@ def run(sweep: Sweep) -> Outcome:
             if sweep.plan.data != "embedded":
                 check_data_on_nodes(sweep.plan.data, [t.category for t in sweep.plan.trials])
             storage.write_record(sweep.storage, sweep.sweep_id, sweep.record())
-            tracking.experiment_id(sweep.tracking_uri, sweep.experiment)  # create the store once, before trials
+            experiment = tracking.experiment_id(sweep.tracking_uri, sweep.experiment)  # the store, once, before trials
             parent = tracking.open_parent(sweep.tracking_uri, sweep.experiment, sweep.sweep_id,
                                           _parent_params(sweep), sweep.record(), sweep.planned())
+            labels = {key for t in sweep.plan.trials for key in (*t.params, *t.overrides)}
+            ui_view.share(tracking.client(sweep.tracking_uri), experiment, sweep.sweep_id, sweep.plan.kind, parent,
+                          sorted(labels))
             print(f"MLflow parent run {parent} in {sweep.tracking_uri} (experiment {sweep.experiment})")
             writer = Writer(sweep.tracking_uri, sweep.tracking_outage_s)
             began = time.monotonic()

@@ -364,22 +364,28 @@ LOCAL_UI = "http://127.0.0.1:5000"
 MODEL_TRAINING_VIEW = "workflowType=machine_learning"
 
 
-def open_ui_hint(tracking_uri: str, experiment_id: str, run_ids: list[str]) -> str:
-    """How to open the sweep in the MLflow UI: its experiment's runs and the compare view of its trials."""
+def open_ui_hint(tracking_uri: str, experiment_id: str, run_ids: list[str], view: str | None = None) -> str:
+    """How to open the sweep in the MLflow UI: its experiment's runs (in the sweep's own `view`
+    when it has one: platform/ui_view.py), that view's charts, and the compare view of its trials."""
+    from platform import ui_view
+
     if tracking_uri.startswith(("http://", "https://")):
         ui, start = tracking_uri.rstrip("/"), "MLflow UI:"
     else:
         ui = LOCAL_UI
         start = f"MLflow UI: mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000, then open"
-    lines = [f"{start} {runs_url(ui, experiment_id)} (tables: the sweep's parent run > Artifacts > tables/)"]
+    lines = [f"{start} {runs_url(ui, experiment_id, view)} (tables: the sweep's parent run > Artifacts > tables/)"]
+    if view:
+        lines.append(f"charts of the paper's metrics: {runs_url(ui, experiment_id, view)}&{ui_view.CHART_MODE}")
     if run_ids:
         lines.append(f"compare its {len(run_ids)} trials: {compare_url(ui, experiment_id, run_ids)}")
     return "\n".join(lines)
 
 
-def runs_url(ui: str, experiment_id: str) -> str:
-    """The experiment's Runs page, in the UI's model-training view."""
-    return f"{ui}/#/experiments/{experiment_id}/runs?{MODEL_TRAINING_VIEW}"
+def runs_url(ui: str, experiment_id: str, view: str | None = None) -> str:
+    """The experiment's Runs page in the UI's model-training view, in a saved view when given."""
+    shared = f"viewStateShareKey={quote(view)}&" if view else ""
+    return f"{ui}/#/experiments/{experiment_id}/runs?{shared}{MODEL_TRAINING_VIEW}"
 
 
 def compare_url(ui: str, experiment_id: str, run_ids: list[str]) -> str:
@@ -391,13 +397,19 @@ def compare_url(ui: str, experiment_id: str, run_ids: list[str]) -> str:
 
 
 def _ui_hint(tracking_uri: str, parent_run_id: str) -> str:
-    """`open_ui_hint` for a sweep: its experiment and its finished trials, in trial-name order."""
-    from platform import tracking
+    """`open_ui_hint` for a sweep: its experiment, its view (written when it started), and its
+    finished trials in trial-name order."""
+    from platform import tracking, ui_view
 
-    experiment = tracking.client(tracking_uri).get_run(parent_run_id).info.experiment_id
+    mlflow_client = tracking.client(tracking_uri)
+    parent = mlflow_client.get_run(parent_run_id)
+    experiment = parent.info.experiment_id
+    view = parent.info.run_name
+    if ui_view.SHARED_VIEW_TAG + view not in mlflow_client.get_experiment(experiment).tags:
+        view = None   # a sweep from before views
     trials = sorted((r for r in tracking.children(tracking_uri, parent_run_id) if r.info.status == "FINISHED"),
                     key=lambda r: r.info.run_name)
-    return open_ui_hint(tracking_uri, experiment, [r.info.run_id for r in trials])
+    return open_ui_hint(tracking_uri, experiment, [r.info.run_id for r in trials], view)
 
 
 def _duration(seconds: float) -> str:

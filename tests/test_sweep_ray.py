@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from platform import runner, storage, sweep, tracking
+from platform import runner, storage, sweep, tracking, ui_view
 from platform.resources import Resources
 from trainables.methods import make_trial_config
 from trainables.ray_adapter import run_trial, trial_config
@@ -94,6 +94,12 @@ def test_ablation_sweep_end_to_end(ray_runtime, tmp_path, capsys):
     in_name_order = [c.info.run_id for c in sorted(children, key=lambda c: c.info.run_name)]
     assert f"compare its 4 trials: {sweep.compare_url(sweep.LOCAL_UI, parent.info.experiment_id, in_name_order)}" in out
     client = tracking.client(uri)
+    # the sweep's saved view of the MLflow UI, and the links that open it (platform/ui_view.py)
+    view = json.loads(client.get_experiment(parent.info.experiment_id).tags[ui_view.SHARED_VIEW_TAG + sweep_id])
+    assert view["searchFilter"] == f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+    assert view["selectedColumns"][:6] == ["metrics.`image_AUROC`", "metrics.`pixel_AUROC`", "metrics.`pixel_AP`",
+                                           "metrics.`image_AP`", "params.`category`", "params.`paper_row`"]
+    assert f"runs?viewStateShareKey={sweep_id}&workflowType=machine_learning&compareRunsMode=CHART" in out
     for child in children:
         params, metrics = child.data.params, child.data.metrics
         assert child.info.status == "FINISHED"
