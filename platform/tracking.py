@@ -171,9 +171,13 @@ def logged_steps(tracking_uri: str, parent_run_id: str, names: set[str]) -> dict
     """The last step each named trial's child run logged (trials without a child are absent):
     what a resumed trial need not re-send (trainables/ray_adapter._Reporter)."""
     mlflow_client = client(tracking_uri)
-    return {run.info.run_name: max((m.step for m in mlflow_client.get_metric_history(run.info.run_id, STEP_METRIC)),
-                                   default=0)
+    return {run.info.run_name: last_step(mlflow_client, run.info.run_id)
             for run in children(tracking_uri, parent_run_id) if run.info.run_name in names}
+
+
+def last_step(mlflow_client, run_id: str) -> int:
+    """The highest report step a child run logged (0 before its first report)."""
+    return max((m.step for m in mlflow_client.get_metric_history(run_id, STEP_METRIC)), default=0)
 
 
 def children(tracking_uri: str, parent_run_id: str) -> list:
@@ -426,8 +430,7 @@ def open_child(mlflow_client, parent_run_id: str, ref: RunRef, tags: dict, param
     if found:
         ref.run_id = found[0].info.run_id
         mlflow_client.update_run(ref.run_id, status="RUNNING")
-        history = mlflow_client.get_metric_history(ref.run_id, STEP_METRIC)
-        ref.last_step = max((m.step for m in history), default=0)
+        ref.last_step = last_step(mlflow_client, ref.run_id)
         return
     run = mlflow_client.create_run(parent.info.experiment_id, run_name=ref.name, tags={
         PARENT_TAG: parent_run_id, SWEEP_ID_TAG: parent.data.tags[SWEEP_ID_TAG], **tags})
