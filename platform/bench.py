@@ -15,7 +15,8 @@ With the detector it also reports achieved GFLOP/s against this machine's float3
 measured in the same run at the same thread count (`flops`): the step's FLOPs are counted by
 torch's FlopCounterMode on one forward+backward (matmuls and convolutions, 2 per multiply-add;
 elementwise work and the optimizer are not counted, so the ratio is a lower bound on the share
-of compute well spent).
+of compute well spent). Its formula for a convolution's weight gradient ignores `groups` and
+counts a depthwise conv's C times over (torch 2.14); `conv_backward_flop` replaces it.
 Not a test: it asserts nothing, it measures this machine.
 """
 
@@ -23,6 +24,7 @@ import argparse
 import dataclasses
 import importlib.util
 import json
+import math
 import statistics
 import sys
 import tempfile
@@ -176,7 +178,8 @@ def _flops(cfg, s_per_step: float, device: str, seconds: float) -> dict:
     def step():
         _train_step(cfg, batch, R, D, F, loss_fn, optimizer, torch.device(device))  # float(loss) syncs a GPU
 
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False, custom_mapping={torch.ops.aten.convolution_backward: conv_backward_flop}) \
+            as counter:
         step()
     flop = counter.get_total_flops()
     times, began = [], time.perf_counter()
@@ -191,6 +194,18 @@ def _flops(cfg, s_per_step: float, device: str, seconds: float) -> dict:
             "matmul_peak_gflops": round(peak, 2), "matmul_n": n,
             "share_of_peak_step": round(flop / s_per_step / 1e9 / peak, 4),
             "share_of_peak_compute": round(flop / compute / 1e9 / peak, 4)}
+
+
+def conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
+                       _output_padding, _groups, output_mask, out_shape=None, **kwargs) -> int:
+    """FLOPs of `aten.convolution_backward` (shapes in, as FlopCounterMode hands them over): each
+    requested gradient, of the input and of the weight, costs what the forward conv costs,
+    2 × N × (output positions) × (weight elements), where a weight [C_out, C_in / groups, k, k]
+    already holds the grouping."""
+    if transposed:
+        raise NotImplementedError("conv_backward_flop: transposed convolutions are not counted")
+    forward = 2 * grad_out_shape[0] * math.prod(grad_out_shape[2:]) * math.prod(w_shape)
+    return forward * (int(output_mask[0]) + int(output_mask[1]))
 
 
 def _matmul_peak(device: str, seconds: float) -> tuple[float, int]:

@@ -170,3 +170,26 @@ def test_bench_times_our_detector_step_beside_draems_networks(tmp_path, capsys):
         bench.main(["--only", "detector_vs_draem", "--draem-src", str(tmp_path / "missing")])
     with pytest.raises(UserInputError, match="needs --draem-src"):
         bench.main(["--only", "detector_vs_draem"])
+
+
+@pytest.mark.parametrize("groups", [1, 4, 16])
+def test_bench_counts_a_grouped_convs_backward_once_per_gradient(groups):
+    """The benchmark's FLOP count of a conv's forward and backward against the multiply-adds
+    written out: torch's own formula counts a depthwise weight gradient C times over."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from platform.bench import conv_backward_flop
+
+    N, C, H, k = 2, 16, 12, 5
+    conv = torch.nn.Conv2d(C, C, k, padding=k // 2, groups=groups, bias=False)
+    x = torch.randn(N, C, H, H, requires_grad=True)
+    multiply_adds = N * H * H * C * (C // groups) * k * k  # every output: C / groups × k × k products
+    mapping = {torch.ops.aten.convolution_backward: conv_backward_flop}
+    with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+        conv(x).sum().backward()
+    assert counter.get_total_flops() == 3 * 2 * multiply_adds   # forward, input grad, weight grad
+    x = x.detach()   # no input gradient: the backward computes the weight's only
+    with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+        conv(x).sum().backward()
+    assert counter.get_total_flops() == 2 * 2 * multiply_adds
