@@ -38,10 +38,10 @@ from platform.cli import run_main
 from trainables.checkpoint import persist
 from trainables.config import parse_overrides
 from trainables.data import EMBEDDED_CATEGORIES
+from trainables.detector.config import make_config as detector_config
 from trainables.detector.model import draem_init
 from trainables.detector.pipeline import default_workers
-from trainables.detector.train import (_train_step, build_loss, build_networks, make_config as detector_config,
-                                       train_detector)
+from trainables.detector.train import _train_step, build_loss, build_networks, train_detector
 from trainables.device import pick_device
 from trainables.errors import UserInputError
 from trainables.gan import make_config as gan_config, train_gan_stage1, train_gan_stage2

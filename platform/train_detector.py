@@ -13,7 +13,8 @@ from pathlib import Path
 
 from trainables.checkpoint import BackgroundPersist, load_checkpoint
 from trainables.config import parse_overrides, to_flat
-from trainables.detector.train import make_config, train_detector
+from trainables.detector.config import make_config
+from trainables.detector.train import train_detector
 
 
 def main(args) -> int:

@@ -12,7 +12,8 @@ from trainables.detector.losses import DetectorLoss, focal_loss, ssim
 from trainables.detector.model import DefectPredictor, LargeKernelConv, LargeKernelUnit, ReconstructionNet
 from trainables.detector.synthesis import AnomalySynthesizer, build_source_pool
 from trainables.detector.pipeline import batch_at
-from trainables.detector.train import _train_step, build_networks, make_config, synthesis_params
+from trainables.detector.config import make_config
+from trainables.detector.train import _train_step, build_networks, synthesis_params
 
 
 def randomise_batchnorm(module: torch.nn.Module) -> None:

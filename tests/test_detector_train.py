@@ -11,7 +11,8 @@ import torch
 from detector_fixtures import make_detector_dataset
 from trainables.checkpoint import save_checkpoint
 from trainables.config import to_flat
-from trainables.detector.train import PRESETS, make_config, picture_indices, score_kernel, train_detector
+from trainables.detector.config import PRESETS, make_config
+from trainables.detector.train import picture_indices, score_kernel, train_detector
 from trainables.errors import UserInputError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -10,7 +10,8 @@ import pytest
 from detector_fixtures import make_detector_dataset
 from trainables.data import load_train, resolve_data
 from trainables.detector.synthesis import build_source_pool
-from trainables.detector.train import make_config, synthesis_params, train_detector
+from trainables.detector.config import make_config
+from trainables.detector.train import synthesis_params, train_detector
 from trainables.detector.validation import split_train, validation_set
 from trainables.errors import UserInputError
 

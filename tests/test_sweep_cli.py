@@ -45,7 +45,7 @@ def test_dry_run_of_the_full_paper_setting_starts_nothing(tmp_path, capsys):
 
 def test_cost_model_counts_each_trainers_own_steps_and_budgets():
     from platform import cost
-    from trainables.detector.train import make_config as detector_config
+    from trainables.detector.config import make_config as detector_config
     from trainables.gan import make_config as gan_config
 
     step = {kind: table[("small", "cpu")] for kind, table in cost.STEP_SECONDS.items()}

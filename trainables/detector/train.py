@@ -35,7 +35,7 @@ import torch.nn.functional as F_
 
 from trainables.checkpoint import load_checkpoint, rng_state, set_rng_state
 from trainables.config import to_flat
-from trainables.detector.config import PRESETS, DetectorConfig, make_config
+from trainables.detector.config import DetectorConfig
 from trainables.detector.losses import DetectorLoss
 from trainables.detector.metrics import detection_metrics
 from trainables.detector.pipeline import batches, default_workers

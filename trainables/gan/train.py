@@ -33,7 +33,7 @@ from trainables.data.split import stage2_indices
 from trainables.device import pick_device
 from trainables.errors import UserInputError
 from trainables.gan.augment import AugmentPipe, ada_adjust
-from trainables.gan.config import PRESETS, GanConfig, make_config
+from trainables.gan.config import GanConfig
 from trainables.gan.generate import TRIPLETS, generate_triplets, mask_statistics, to_uint8, triplet_pictures
 from trainables.gan.loss import DFMGANLoss
 from trainables.gan.metrics import compute_clustered_lpips, compute_kid
