@@ -41,17 +41,20 @@ def connect_ray() -> tuple[bool, str]:
 
 
 def tune_trials(trials, resources: Resources, train_storage: str, resume: dict[str, str | None],
-                logged: dict[str, int], retries: int, worker_start_timeout_s: float = 600.0) -> list[dict]:
+                logged: dict[str, int], retries: int, worker_start_timeout_s: float = 600.0,
+                prune_checkpoints: bool = False) -> list[dict]:
     """Each trial's Tune config: its flat trainer config as the plan built it, how to run it, the
-    checkpoint it resumes from when an earlier run of the sweep left one, and the last step its
-    child run logged then (`logged`: the reports it need not re-send)."""
+    checkpoint it resumes from when an earlier run of the sweep left one, the last step its
+    child run logged then (`logged`: the reports it need not re-send), and whether it deletes its
+    older checkpoints itself (`prune_checkpoints`, see run_phase)."""
     from trainables.ray_adapter import trial_config
 
     return [{**trial_config(t.method, t.config, name=t.name, group=t.group, params=labels(t),
                             workers=resources.workers, cpus_per_worker=resources.cpus_per_worker,
                             gpus_per_worker=resources.gpus_per_worker, train_storage=train_storage,
                             max_failures=retries, controller_failure_limit=retries,
-                            worker_start_timeout_s=worker_start_timeout_s),
+                            worker_start_timeout_s=worker_start_timeout_s,
+                            prune_checkpoints=prune_checkpoints),
              "category": t.category, "seed": t.seed, "resume_from": resume.get(t.name),
              "logged_through": logged.get(t.name, 0)} for t in trials]
 
@@ -68,14 +71,23 @@ def run_phase(sweep_storage: str, phase, trials, resources: Resources, concurren
     (a new experiment each run of the sweep, `<phase>`, `<phase>.attempt2`, ...: the trials carry
     their own resume pointers), or an Optuna study, restored when it exists (its searcher holds
     the study). With `demand` (a cluster), the autoscaler is asked for the running trials'
-    resources for the whole phase (`AutoscalerDemand`). Returns Tune's ResultGrid."""
+    resources for the whole phase (`AutoscalerDemand`). Returns Tune's ResultGrid.
+
+    Storage keeps each trial's newest checkpoint only. In an Optuna phase Tune deletes the older
+    ones (`num_to_keep`), and so snapshots the whole experiment state on every trial checkpoint,
+    because `Tuner.restore` reads it. A grid phase never restores Tune's state (each run of the
+    sweep is a new experiment, and its trials find their checkpoints themselves). There Tune
+    keeps every checkpoint it is told of and each trial deletes its previous one once a newer
+    one is reported (`prune_checkpoints`): a snapshot per checkpoint costs the driver time in
+    proportion to the trials (docs/platform.md §3.8)."""
     from ray import tune
     from ray.tune.logger import JsonLoggerCallback
 
     from trainables.ray_adapter import run_trial
 
+    grid = phase.search is None
     configs = tune_trials(trials, resources, storage.join(sweep_storage, "train"), resume, logged, retries,
-                          worker_start_timeout_s)
+                          worker_start_timeout_s, prune_checkpoints=grid)
     trainable = tune.with_resources(run_trial, resources.trial_bundle())
     total = len(trials) if phase.search is None else phase.search.num_samples
     asked = AutoscalerDemand(resources.bundles(), concurrent, total) if demand else None
@@ -101,7 +113,7 @@ def run_phase(sweep_storage: str, phase, trials, resources: Resources, concurren
         run_config = tune.RunConfig(
             name=name, storage_path=sweep_storage, callbacks=[*callbacks, JsonLoggerCallback()],
             failure_config=tune.FailureConfig(max_failures=retries),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None if grid else CHECKPOINTS_KEPT),
             verbose=0)  # Tune's tables print every config and result; the callback prints one line each
         tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
     try:

@@ -193,6 +193,10 @@ def test_two_phase_sweep_hands_each_checkpoint_to_its_dependents(ray_runtime, tm
     for name in ("bolt-hole-lambda0-s0", "bolt-hole-lambda0.1-s0"):
         assert runs[name].data.metrics["started_from_epoch"] == 3  # stage 1's last checkpoint
         assert runs[name].data.metrics["resumed_from"] == 0       # a fresh run, not a resume
+    # a checkpoint per epoch, and storage keeps each trial's newest only: in a grid phase Tune
+    # keeps them all (no experiment snapshot per checkpoint) and the trial deletes the older ones
+    kept = [p.relative_to(tmp_path / "storage") for p in (tmp_path / "storage").rglob("checkpoint_0*")]
+    assert sorted(p.name for p in kept) == ["checkpoint_000002"] * 3, kept
 
 
 def test_gan_sweep_trains_stage1_once_and_stage2_per_lambda_from_it(ray_runtime, tmp_path, capsys):

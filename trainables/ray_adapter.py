@@ -22,10 +22,11 @@ Checkpoint dicts are persisted with `trainables.checkpoint.save_checkpoint` into
 folder, plus `pictures/*.png` when the dict carries pictures and `triplets.npz` when it
 carries a stage-2 triplet bank (trainables/checkpoint.persist), and that folder is handed to Ray,
 which copies it to the sweep's storage, with `reports.json` (the trial's reports up to the one
-that saved it) and, in a final checkpoint, `weights.pt` (the networks alone: what MLflow keeps). Ray keeps
-only the newest checkpoint of a run: resuming needs nothing older, and the paper detector's is
-1.4 GB. Every report carries `report_index`, which continues across restarts and resumes, so the
-driver never logs a step twice, and `trainer_s` / `report_s` (seconds in the loop and in
+that saved it) and, in a final checkpoint, `weights.pt` (the networks alone: what MLflow keeps).
+Storage keeps only the newest checkpoint of a run (Ray's `num_to_keep`, or the trial itself with
+`prune_checkpoints`): resuming needs nothing older, and the paper detector's is 1.4 GB. Every
+report carries `report_index`, which continues across restarts and resumes, so the driver never
+logs a step twice, and `trainer_s` / `report_s` (seconds in the loop and in
 `report`), so it can measure per-trial overhead. A `UserInputError` from the trainer (a bad
 value, a malformed dataset) ends the trial with one `user_error` report instead of an
 exception: retrying cannot fix it. A trial of a resumed sweep starts from `resume_from`, the
@@ -56,14 +57,17 @@ WORKER_START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"  # ray/train
 def trial_config(method: str, config: dict, *, name: str, group: str = "", params: dict | None = None,
                  workers: int = 1, cpus_per_worker: float = 1, gpus_per_worker: float = 0,
                  train_storage: str | None = None, max_failures: int = 1, controller_failure_limit: int = 1,
-                 worker_start_timeout_s: float = 600.0) -> dict:
+                 worker_start_timeout_s: float = 600.0, prune_checkpoints: bool = False) -> dict:
     """The Tune config of one trial: the trainer's whole flat `config` as the driver built it,
-    the trial's identity and labels (`params`, for MLflow), and how to run it; plain JSON-able values."""
+    the trial's identity and labels (`params`, for MLflow), and how to run it; plain JSON-able values.
+    `prune_checkpoints`: a one-worker trial deletes its previous Tune checkpoint once it has
+    reported a newer one (where Tune is told to keep them all, platform/tuner.py run_phase)."""
     assert workers >= 1 and max_failures >= 0 and controller_failure_limit >= 0
     return {"method": method, "config": dict(config), "name": name, "group": group, "params": dict(params or {}),
             "workers": workers, "cpus_per_worker": cpus_per_worker, "gpus_per_worker": gpus_per_worker,
             "train_storage": train_storage, "max_failures": max_failures,
-            "controller_failure_limit": controller_failure_limit, "worker_start_timeout_s": worker_start_timeout_s}
+            "controller_failure_limit": controller_failure_limit, "worker_start_timeout_s": worker_start_timeout_s,
+            "prune_checkpoints": prune_checkpoints}
 
 
 def worker_config(trial: dict, sampled: dict, **runtime):
@@ -96,9 +100,14 @@ def _run_direct(trial: dict, sampled: dict) -> None:
             if checkpoint is None:
                 tune.report(stamped)
                 return
+            previous = tune.get_checkpoint()  # this trial's newest in storage (Tune's own, never `resume_from`)
             with tempfile.TemporaryDirectory(prefix="ckpt-") as folder:
                 _persist(checkpoint, folder, reporter.history)
                 tune.report(stamped, checkpoint=tune.Checkpoint.from_directory(folder))
+            # report returns once the driver has taken the result, so Tune restarts this trial
+            # from the new checkpoint from now on: the previous one is no longer needed
+            if trial.get("prune_checkpoints") and previous is not None:
+                previous.filesystem.delete_dir(previous.path)
 
     restarted = tune.get_checkpoint()  # Tune restarting this trial: its driver logged the checkpoint's report
     with _resume_folder(restarted, trial) as resume, _local_inputs(trial) as trial:
