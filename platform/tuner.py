@@ -89,10 +89,10 @@ def run_phase(sweep_storage: str, phase, trials, resources: Resources, concurren
     configs = tune_trials(trials, resources, storage.join(sweep_storage, "train"), resume, logged, retries,
                           worker_start_timeout_s, prune_checkpoints=grid)
     trainable = tune.with_resources(run_trial, resources.trial_bundle())
-    total = len(trials) if phase.search is None else phase.search.num_samples
+    total = len(trials) if grid else phase.search.num_samples
     asked = AutoscalerDemand(resources.bundles(), concurrent, total) if demand else None
     callbacks = [callback] + ([asked] if asked else [])  # Tune appends its own reporter to this list
-    if phase.search is None:
+    if grid:
         param_space = {"trial": _Shared(tune.grid_search(configs))}
         # reusing trial actors keeps torch imported and the decoded data cached across trials
         # (a fresh actor costs seconds per trial); loops seed themselves from their config
@@ -102,13 +102,13 @@ def run_phase(sweep_storage: str, phase, trials, resources: Resources, concurren
     else:
         param_space, tune_config = _search_setup(phase.search, configs[0], concurrent)
     path = storage.join(sweep_storage, phase.name)
-    if phase.search is not None and tune.Tuner.can_restore(path):
+    if not grid and tune.Tuner.can_restore(path):
         print(f"phase {phase.name}: resuming {path}")
         tuner = tune.Tuner.restore(path, trainable=trainable, param_space=param_space, resume_errored=True)
     else:
-        name = phase.name if phase.search is not None else storage.next_attempt(sweep_storage, phase.name)
+        name = storage.next_attempt(sweep_storage, phase.name) if grid else phase.name
         resuming = sum(bool(resume.get(t.name)) for t in trials)
-        print(f"phase {phase.name}: {len(trials) if phase.search is None else phase.search.num_samples} trials"
+        print(f"phase {phase.name}: {total} trials"
               + (f" ({resuming} from their last checkpoint)" if resuming else ""))
         run_config = tune.RunConfig(
             name=name, storage_path=sweep_storage, callbacks=[*callbacks, JsonLoggerCallback()],

@@ -8,11 +8,11 @@ import torch
 
 from detector_fixtures import make_detector_dataset
 from trainables.data import load_category, resolve_data
+from trainables.detector.config import make_config
 from trainables.detector.losses import DetectorLoss, focal_loss, ssim
 from trainables.detector.model import DefectPredictor, LargeKernelConv, LargeKernelUnit, ReconstructionNet
-from trainables.detector.synthesis import AnomalySynthesizer, build_source_pool
 from trainables.detector.pipeline import batch_at
-from trainables.detector.config import make_config
+from trainables.detector.synthesis import AnomalySynthesizer, build_source_pool
 from trainables.detector.train import _train_step, build_networks, synthesis_params
 
 
