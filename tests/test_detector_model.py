@@ -40,6 +40,30 @@ def test_fused_large_kernel_conv_matches_unfused(kernel, small):
     assert (conv(x) - reference).abs().max() < 1e-4
 
 
+@pytest.mark.parametrize("kernel, size", [(31, (16, 16)), (13, (8, 12)), (7, (3, 5))])
+def test_fft_weight_gradient_equals_the_direct_one(kernel, size, monkeypatch):
+    """The large kernel's FFT weight gradient against aten's direct conv backward, in float64: the
+    same output and the same gradients, for kernels larger than the map and non-square maps."""
+    from trainables.detector import model
+
+    calls = []
+    by_fft_only = model.depthwise_weight_grad_fft
+    monkeypatch.setattr(model, "depthwise_weight_grad_fft", lambda *a: calls.append(a) or by_fft_only(*a))
+    torch.manual_seed(0)
+    fft = LargeKernelConv(4, kernel, 5, weight_grad="fft").double()
+    direct = LargeKernelConv(4, kernel, 5, weight_grad="direct").double()
+    direct.load_state_dict(fft.state_dict())
+    x = torch.randn(3, 4, *size, dtype=torch.float64, requires_grad=True)
+    y_fft, y_direct = fft(x), direct(x)
+    grad = torch.randn_like(y_fft)
+    by_fft = torch.autograd.grad(y_fft, [x, fft.lk.weight, fft.small.weight], grad)
+    by_direct = torch.autograd.grad(y_direct, [x, direct.lk.weight, direct.small.weight], grad)
+    assert torch.equal(y_fft, y_direct) and len(calls) == 1   # one FFT gradient: the k×k kernel's
+    for a, b in zip(by_fft, by_direct):
+        assert (a - b).abs().max() < 1e-10 * b.abs().max()
+    assert by_direct[1].abs().max() > 0
+
+
 def test_reparameterised_predictor_matches_unfused_in_eval_mode():
     torch.manual_seed(0)
     D = DefectPredictor(base=4, lk_kernels=(15, 7, 3, 1), lk_small_kernel=5)
@@ -83,6 +107,28 @@ def test_large_kernel_predictor_is_draem_d_plus_the_units():
     assert count(large) - count(plain) == sum(count(u) for u in units) > 0
     outside_units = {n: p.shape for n, p in large.named_parameters() if "_lk." not in n}
     assert outside_units == {n: p.shape for n, p in plain.named_parameters()}
+
+
+def test_separable_ssim_equals_draems_two_dimensional_window():
+    """SSIM blurs with two 1-D passes; DRAEM's loss.py convolves the k×k outer-product window."""
+    def ssim_2d(x, y, window=11, sigma=1.5):
+        C = x.shape[1]
+        t = torch.arange(window, dtype=torch.float32) - (window - 1) / 2
+        g = torch.exp(-t ** 2 / (2 * sigma ** 2))
+        g = (g / g.sum()).to(x)
+        blur = lambda a: torch.nn.functional.conv2d(a, (g[:, None] * g[None, :]).expand(C, 1, window, window),
+                                                    padding=window // 2, groups=C)
+        mu_x, mu_y = blur(x), blur(y)
+        var_x, var_y, cov = blur(x * x) - mu_x ** 2, blur(y * y) - mu_y ** 2, blur(x * y) - mu_x * mu_y
+        c1, c2 = 0.01 ** 2, 0.03 ** 2
+        return (((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2))).mean()
+
+    g = torch.Generator().manual_seed(0)
+    for shape in [(2, 3, 32, 32), (1, 3, 7, 9)]:   # the second: a window larger than the image
+        x = torch.rand(shape, generator=g, dtype=torch.float64)
+        y = (x + 0.2 * torch.randn(shape, generator=g, dtype=torch.float64)).clamp(0, 1)
+        assert ssim(x, y).item() == pytest.approx(ssim_2d(x, y).item(), abs=1e-12)
+        assert ssim(x, y) < 0.99
 
 
 def test_losses_are_zero_for_a_perfect_prediction():

@@ -52,6 +52,8 @@ class DetectorConfig:
     lk: bool = True                        # large-kernel units in D (ablation 4.4.1)
     lk_kernels: tuple[int, ...] = (31, 29, 27, 13)   # k at D's e3..e6 (RepLKNet-31B)
     lk_small_kernel: int = 5
+    lk_weight_grad: Literal["auto", "fft", "direct"] = "auto"  # large kernels' weight gradient by FFT or
+                                           # directly; auto = FFT on CPU for k >= 13 (docs/detector.md §4.6)
     detach_reconstruction: bool = False    # True: no focal-loss gradient into R (DRAEM: False)
     # objective (docs/detector.md §4.4, mapping A)
     w_l2: float = 1.0

@@ -189,6 +189,44 @@ def copy_parameters(source: nn.Module, target: nn.Module) -> None:
 
 # ---------------------------------------------------------------- RepLK units (RepLKNet, CVPR 2022)
 
+FFT_MIN_KERNEL = 13   # "auto": FFT weight gradients from this kernel size on, on CPU (docs/detector.md §4.6)
+
+
+def depthwise_weight_grad_fft(x: torch.Tensor, grad: torch.Tensor, kernel: int) -> torch.Tensor:
+    """Weight gradient of a stride-1 depthwise k×k conv with k // 2 zero padding, by FFT:
+    dW[c, i, j] = Σ_n Σ_p x[n, c, p + (i, j) − k // 2] · grad[n, c, p], the cross-correlation of x
+    and grad at lags −k//2..k//2. FFTs of a power-of-two size ≥ H + k // 2 hold those lags
+    without wrap-around. [C, 1, k, k]"""
+    N, C, H, W = x.shape
+    r = kernel // 2
+    size = tuple(1 << (n + r - 1).bit_length() for n in (H, W))
+    spectrum = (torch.fft.rfft2(x, s=size) * torch.fft.rfft2(grad, s=size).conj()).sum(0)  # [C, h, w/2+1]
+    correlation = torch.fft.irfft2(spectrum, s=size)  # [C, h, w]: lag d at index d mod size
+    rows, cols = (torch.arange(-r, r + 1, device=x.device) % n for n in size)
+    return correlation[:, rows][:, :, cols].unsqueeze(1)  # [C, 1, k, k]
+
+
+class _DepthwiseConvFFTGrad(torch.autograd.Function):
+    """A depthwise conv whose weight gradient is computed by FFT (`depthwise_weight_grad_fft`):
+    the direct weight gradient of a large depthwise kernel runs at a few GFLOP/s on CPU."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        return F_.conv2d(x, weight, padding=weight.shape[-1] // 2, groups=weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        k, C = weight.shape[-1], weight.shape[0]
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.nn.grad.conv2d_input(x.shape, weight, grad, padding=k // 2, groups=C)
+        if ctx.needs_input_grad[1]:
+            grad_w = depthwise_weight_grad_fft(x, grad, k)
+        return grad_x, grad_w
+
+
 def fuse_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     """Fold an eval-mode BN into the bias-free conv before it: (weight, bias)."""
     scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
@@ -201,9 +239,13 @@ class LargeKernelConv(nn.Module):
     def __init__(self,
                  channels: int,
                  kernel: int = 31,       # large depthwise kernel k
-                 small_kernel: int = 5): # parallel kernel; clipped to k; equal to k = no branch
+                 small_kernel: int = 5,  # parallel kernel; clipped to k; equal to k = no branch
+                 weight_grad: str = "auto"):  # k×k weight gradient: fft | direct | auto (fft on CPU for k ≥ 13)
         super().__init__()
+        if weight_grad not in ("auto", "fft", "direct"):
+            raise ValueError(f"weight_grad={weight_grad!r}: expected auto, fft or direct")
         self.kernel = kernel
+        self.weight_grad = weight_grad
         self.small_kernel = min(small_kernel, kernel)
         self.lk = nn.Conv2d(channels, channels, kernel, padding=kernel // 2, groups=channels, bias=False)
         self.lk_bn = nn.BatchNorm2d(channels)
@@ -220,10 +262,17 @@ class LargeKernelConv(nn.Module):
         x_nhwc = x.contiguous(memory_format=torch.channels_last)
         if self.fused is not None:
             return self.fused(x_nhwc).contiguous()
-        out = self.lk_bn(self.lk(x_nhwc).contiguous())
+        out = self.lk_bn(self._large(x_nhwc).contiguous())
         if hasattr(self, "small"):
             out = out + self.small_bn(self.small(x_nhwc).contiguous())
         return out
+
+    def _large(self, x_nhwc: torch.Tensor) -> torch.Tensor:
+        fft = self.weight_grad == "fft" or (self.weight_grad == "auto" and x_nhwc.device.type == "cpu"
+                                            and self.kernel >= FFT_MIN_KERNEL)
+        if fft and torch.is_grad_enabled() and self.lk.weight.requires_grad:
+            return _DepthwiseConvFFTGrad.apply(x_nhwc, self.lk.weight)
+        return self.lk(x_nhwc)
 
     @torch.no_grad()
     def reparameterize(self) -> None:
@@ -247,12 +296,12 @@ class LargeKernelConv(nn.Module):
 class RepLKBlock(nn.Module):
     """RepLKNet block: BN, 1×1 conv-BN-ReLU, large-kernel conv, ReLU, 1×1 conv-BN, residual."""
 
-    def __init__(self, channels: int, kernel: int, small_kernel: int):
+    def __init__(self, channels: int, kernel: int, small_kernel: int, weight_grad: str = "auto"):
         super().__init__()
         self.pre_bn = nn.BatchNorm2d(channels)
         self.pw1 = nn.Sequential(nn.Conv2d(channels, channels, 1, bias=False), nn.BatchNorm2d(channels),
                                  nn.ReLU(inplace=True))
-        self.large_kernel = LargeKernelConv(channels, kernel, small_kernel)
+        self.large_kernel = LargeKernelConv(channels, kernel, small_kernel, weight_grad)
         self.pw2 = nn.Sequential(nn.Conv2d(channels, channels, 1, bias=False), nn.BatchNorm2d(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -278,9 +327,9 @@ class ConvFFN(nn.Module):
 class LargeKernelUnit(nn.Sequential):
     """LKU (docs/detector.md §4.3): a RepLK block followed by a ConvFFN, appended to a D encoder stage."""
 
-    def __init__(self, channels: int, kernel: int, small_kernel: int = 5):
+    def __init__(self, channels: int, kernel: int, small_kernel: int = 5, weight_grad: str = "auto"):
         super().__init__()
-        self.replk = RepLKBlock(channels, kernel, small_kernel)
+        self.replk = RepLKBlock(channels, kernel, small_kernel, weight_grad)
         self.ffn = ConvFFN(channels)
 
 
@@ -293,6 +342,7 @@ class DefectPredictor(nn.Module):
                  base: int = 64,                                   # width of e1; DRAEM uses 64
                  lk_kernels: tuple[int, ...] | None = (31, 29, 27, 13),  # k at e3..e6; None = DRAEM's D
                  lk_small_kernel: int = 5,                         # RepLKNet's parallel kernel
+                 lk_weight_grad: str = "auto",                     # LargeKernelConv's weight_grad
                  in_channels: int = 6):                            # cat(I_r, I_a)
         super().__init__()
         widths = tuple(base * m for m in D_MULTIPLIERS)
@@ -307,7 +357,8 @@ class DefectPredictor(nn.Module):
             c_in = width
         self.pool = nn.MaxPool2d(2)
         for stage, kernel in zip(self.lk_stages, lk_kernels or ()):
-            self.add_module(f"e{stage}_lk", LargeKernelUnit(widths[stage - 1], kernel, lk_small_kernel))
+            self.add_module(f"e{stage}_lk", LargeKernelUnit(widths[stage - 1], kernel, lk_small_kernel,
+                                                                     lk_weight_grad))
         # Decoder stage s upsamples to the width of the level below its skip e_{6-s} (64 at the
         # top), concatenates that skip, then two convs: DRAEM's widths, e.g. up1 512→512 and
         # db1 (512+512)→512, up2 512→256 and db2 (256+512)→256.
