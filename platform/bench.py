@@ -6,8 +6,10 @@ each (the detector, DFMGAN stage 1, stage 2 from that stage 1, and the classific
 protocol's ResNet-34), with `--threads` torch threads (1 is what a 1-CPU Ray trial gets), and
 prints a line per kind of step, then the figures as one JSON line, the last line of stdout.
 With `--draem-src DIR` (a checkout of DRAEM's official code, imported from there, never copied
-into this repo) it also times one detector step with df and lk off on our R and D and on
-DRAEM's `model_unet.py` networks, side by side (`detector_vs_draem`).
+into this repo) it also times one detector step with df and lk off, side by side
+(`detector_vs_draem`): our R and D with the trainer's optimizer against DRAEM's `model_unet.py`
+networks with the Adam that DRAEM's train_DRAEM.py builds (torch's default), and our networks
+with that same Adam (the networks alone).
 It also times the detector's input: anomaly synthesis alone (samples/s at the preset's size
 and at 256 px, the paper's) and the detector step with synthesis in line vs in loader
 processes (`loader_workers`, trainables/detector/pipeline.py).
@@ -16,11 +18,14 @@ measured in the same run at the same thread count (`flops`): the step's FLOPs ar
 torch's FlopCounterMode on one forward+backward (matmuls and convolutions, 2 per multiply-add;
 elementwise work and the optimizer are not counted, so the ratio is a lower bound on the share
 of compute well spent). Its formula for a convolution's weight gradient ignores `groups` and
-counts a depthwise conv's C times over (torch 2.14); `conv_backward_flop` replaces it.
+counts a depthwise conv's C times over (torch 2.14); `conv_backward_flop` replaces it. They are
+the model's FLOPs: counted with every convolution computed directly (`lk_weight_grad=direct`),
+whichever way the timed step computes the large kernels' weight gradients (by FFT, with fewer).
 Not a test: it asserts nothing, it measures this machine.
 """
 
 import argparse
+import copy
 import dataclasses
 import importlib.util
 import json
@@ -40,8 +45,9 @@ from trainables.config import parse_overrides
 from trainables.data import EMBEDDED_CATEGORIES
 from trainables.detector.config import make_config as detector_config
 from trainables.detector.model import draem_init
-from trainables.detector.pipeline import default_workers
-from trainables.detector.train import _train_step, build_loss, build_networks, train_detector
+from trainables.detector.pipeline import batch_at, default_workers
+from trainables.detector.train import (_train_step, build_loss, build_networks, make_optimizer, set_train_modes,
+                                       train_detector)
 from trainables.device import pick_device
 from trainables.errors import UserInputError
 from trainables.gan import make_config as gan_config, train_gan_stage1, train_gan_stage2
@@ -126,6 +132,10 @@ def main(argv=None) -> int:
               f"({f['share_of_peak_step']:.1%} of peak), {f['gflops_compute']:.2f} GFLOP/s on a fixed batch "
               f"({f['share_of_peak_compute']:.1%}); matmul peak {f['matmul_peak_gflops']:.1f} GFLOP/s "
               f"(float32 {f['matmul_n']}x{f['matmul_n']}, {threads} thread(s) on {device})", file=sys.stderr)
+        if "share_of_peak_convs" in f:
+            print(f"detector   its convolutions alone: {f['s_per_step_convs']:.4f} s/step, "
+                  f"{f['share_of_peak_convs']:.1%} of peak (the step's ceiling if nothing else took time)",
+                  file=sys.stderr)
     for size, rate in extra.get("synthesis_samples_per_s", {}).items():
         print(f"synthesis  {size} px, 1 process: {rate:.1f} samples/s", file=sys.stderr)
     for workers, seconds in extra.get("detector_s_per_step_by_loader_workers", {}).items():
@@ -137,8 +147,12 @@ def main(argv=None) -> int:
         c = comparison
         print(f"{VS_DRAEM} {c['img_size']} px, batch {c['batch_size']}, widths {c['r_base']}/{c['d_base']}, "
               f"{threads} thread(s) on {device}: ours {c['ours']['s_per_step']:.4f} s/step "
-              f"(R, D {c['ours']['params']}), DRAEM {c['draem']['s_per_step']:.4f} s/step "
-              f"(R, D {c['draem']['params']}), {c['steps']} steps each", file=sys.stderr)
+              f"(R, D {c['ours']['params']}, fused Adam), DRAEM {c['draem']['s_per_step']:.4f} s/step "
+              f"(R, D {c['draem']['params']}, torch's default Adam as in train_DRAEM.py), "
+              f"{c['draem']['s_per_step'] / c['ours']['s_per_step']:.3f}x; networks alone (both the default Adam): "
+              f"ours {c['ours_default_adam']['s_per_step']:.4f} s/step, "
+              f"{c['draem']['s_per_step'] / c['ours_default_adam']['s_per_step']:.3f}x; {c['steps']} steps each",
+              file=sys.stderr)
         out[VS_DRAEM] = comparison
     print(json.dumps(out))
     return 0
@@ -163,25 +177,24 @@ def _flops(cfg, s_per_step: float, device: str, seconds: float) -> dict:
 
     from trainables.detector.train import load_vgg_state
 
-    torch.manual_seed(cfg.seed)
-    nets = build_networks(cfg, load_vgg_state(cfg)).to(device)
-    R, D, F = nets["R"], nets["D"], nets["F"] if cfg.df else None
-    trained = [R, D] + ([F] if F is not None and cfg.df_update == "grad" else [])
-    optimizer = torch.optim.Adam([p for net in trained for p in net.parameters()], lr=cfg.lr)
-    rng = np.random.default_rng(cfg.seed)
-    N, S = cfg.batch_size, cfg.img_size
-    batch = {"I": rng.random((N, 3, S, S), dtype=np.float32), "I_a": rng.random((N, 3, S, S), dtype=np.float32),
-             "M": (rng.random((N, 1, S, S)) > 0.9).astype(np.float32)}
-    batch = {k: torch.from_numpy(v) for k, v in batch.items()}
+    batch = _first_batch(cfg)
     loss_fn = build_loss(cfg)
 
-    def step():
-        _train_step(cfg, batch, R, D, F, loss_fn, optimizer, torch.device(device))  # float(loss) syncs a GPU
+    def make_step(cfg):
+        torch.manual_seed(cfg.seed)
+        nets = build_networks(cfg, load_vgg_state(cfg)).to(device)
+        R, D, F = nets["R"], nets["D"], nets["F"] if cfg.df else None
+        optimizer = make_optimizer(cfg, [R, D] + ([F] if F is not None and cfg.df_update == "grad" else []))
+        set_train_modes(cfg, nets)   # as the trainer runs them: a copied F in eval mode
+        # float(loss) at its end syncs a GPU
+        return lambda: _train_step(cfg, batch, R, D, F, loss_fn, optimizer, torch.device(device))
 
     with FlopCounterMode(display=False, custom_mapping={torch.ops.aten.convolution_backward: conv_backward_flop}) \
             as counter:
-        step()
+        make_step(dataclasses.replace(cfg, lk_weight_grad="direct"))()
     flop = counter.get_total_flops()
+    step = make_step(cfg)
+    step()   # warm-up: allocator, kernels
     times, began = [], time.perf_counter()
     while time.perf_counter() - began < seconds / 2 or len(times) < 3:
         start = time.perf_counter()
@@ -189,11 +202,29 @@ def _flops(cfg, s_per_step: float, device: str, seconds: float) -> dict:
         times.append(time.perf_counter() - start)
     peak, n = _matmul_peak(device, seconds / 2)
     compute = statistics.median(times)
-    return {"gflop_per_step": round(flop / 1e9, 4), "gflops_step": round(flop / s_per_step / 1e9, 3),
-            "s_per_step_compute": round(compute, 4), "gflops_compute": round(flop / compute / 1e9, 3),
-            "matmul_peak_gflops": round(peak, 2), "matmul_n": n,
-            "share_of_peak_step": round(flop / s_per_step / 1e9 / peak, 4),
-            "share_of_peak_compute": round(flop / compute / 1e9 / peak, 4)}
+    out = {"gflop_per_step": round(flop / 1e9, 4), "gflops_step": round(flop / s_per_step / 1e9, 3),
+           "s_per_step_compute": round(compute, 4), "gflops_compute": round(flop / compute / 1e9, 3),
+           "matmul_peak_gflops": round(peak, 2), "matmul_n": n,
+           "share_of_peak_step": round(flop / s_per_step / 1e9 / peak, 4),
+           "share_of_peak_compute": round(flop / compute / 1e9 / peak, 4)}
+    if device == "cpu":
+        convs = _conv_seconds(step)
+        out.update(s_per_step_convs=round(convs, 4), share_of_peak_convs=round(flop / convs / 1e9 / peak, 4))
+    return out
+
+
+def _conv_seconds(step, steps: int = 3) -> float:
+    """Seconds per step inside the convolution kernels (forward, backward, and the FFTs of the
+    large kernels' weight gradients), by torch's profiler on CPU: the counted FLOPs over this
+    time is the share of peak the step would reach if nothing else took any time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    kernels = {"aten::mkldnn_convolution", "aten::convolution_backward", "aten::_fft_r2c", "aten::_fft_c2r"}
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    micros = sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in kernels)
+    return micros / 1e6 / steps
 
 
 def conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
@@ -224,9 +255,8 @@ def _matmul_peak(device: str, seconds: float) -> tuple[float, int]:
     return 2 * n ** 3 / best / 1e9, n
 
 
-def _synthesis_rate(cfg, size: int, seconds: float) -> float:
-    """Samples per second of the detector's anomaly synthesis at size×size, in this process;
-    batches of the preset's size, the images decoded and foregrounds computed beforehand."""
+def _synthesizer(cfg, size: int):
+    """The trainer's anomaly synthesis for cfg's category at size×size."""
     from trainables.detector.synthesis import AnomalySynthesizer, build_source_pool
     from trainables.detector.train import synthesis_params
     from trainables.runtime import load_category_or_fail
@@ -234,7 +264,19 @@ def _synthesis_rate(cfg, size: int, seconds: float) -> float:
     root, data = load_category_or_fail(cfg.data, cfg.category, size)
     pool = build_source_pool(cfg.anomaly_source, root, cfg.category, size, cfg.source_per_category, cfg.dtd_root,
                              cfg.seed)
-    synth = AnomalySynthesizer(np.asarray(data.train), data.kind, pool, synthesis_params(cfg))
+    return AnomalySynthesizer(np.asarray(data.train), data.kind, pool, synthesis_params(cfg))
+
+
+def _first_batch(cfg) -> dict:
+    """The trainer's first batch (seed, rank 0, step 0). Not random noise: on CPU a step on noise
+    images runs about a fifth slower than on real ones (max-pooling about 8 times)."""
+    return batch_at(_synthesizer(cfg, cfg.img_size), cfg.seed, 0, 0, cfg.batch_size)
+
+
+def _synthesis_rate(cfg, size: int, seconds: float) -> float:
+    """Samples per second of the detector's anomaly synthesis at size×size, in this process;
+    batches of the preset's size, the images decoded and foregrounds computed beforehand."""
+    synth = _synthesizer(cfg, size)
     samples, began = 0, time.perf_counter()
     while samples == 0 or time.perf_counter() - began < seconds:
         synth.batch(np.random.default_rng([cfg.seed, 0, samples]), cfg.batch_size)
@@ -259,27 +301,27 @@ def _load_draem(src: Path):
 
 
 def _draem_comparison(cfg, unet, seconds: float, device: str) -> dict:
-    """One detector step (df, lk off: L2 + SSIM + focal, Adam) with our R and D and with DRAEM's
-    networks at the same widths, on one random batch; the two alternate step by step until
-    `seconds` are spent, first one then the other first, so both see the same machine load.
-    Medians per step."""
+    """One detector step (df, lk off: L2 + SSIM + focal) on one random batch, three ways: our R
+    and D with the trainer's optimizer (`ours`), DRAEM's networks at the same widths with the Adam
+    of DRAEM's train_DRAEM.py, torch's default (`draem`), and our networks with that Adam too
+    (`ours_default_adam`: the networks alone). They take turns step by step, in an order that
+    reverses each round, until `seconds` are spent, so all see the same machine load. Medians
+    per step."""
     torch.manual_seed(cfg.seed)
     ours = build_networks(cfg)
-    pairs = {"ours": (ours["R"], ours["D"]),
-             "draem": (unet.ReconstructiveSubNetwork(in_channels=3, out_channels=3, base_width=cfg.r_base),
-                       unet.DiscriminativeSubNetwork(in_channels=6, out_channels=2, base_channels=cfg.d_base))}
-    for net in pairs["draem"]:
+    draem = (unet.ReconstructiveSubNetwork(in_channels=3, out_channels=3, base_width=cfg.r_base),
+             unet.DiscriminativeSubNetwork(in_channels=6, out_channels=2, base_channels=cfg.d_base))
+    for net in draem:
         net.apply(draem_init)   # what DRAEM's train_DRAEM.py applies
-    rng = np.random.default_rng(cfg.seed)
-    N, S = cfg.batch_size, cfg.img_size
-    batch = {"I": rng.random((N, 3, S, S), dtype=np.float32), "I_a": rng.random((N, 3, S, S), dtype=np.float32),
-             "M": (rng.random((N, 1, S, S)) > 0.9).astype(np.float32)}
-    batch = {k: torch.from_numpy(v) for k, v in batch.items()}  # as the input pipeline hands them over
+    pairs = {"ours": (ours["R"], ours["D"]), "draem": draem,
+             "ours_default_adam": tuple(copy.deepcopy(ours[name]) for name in ("R", "D"))}
+    batch = _first_batch(cfg)
     loss_fn = build_loss(cfg)
     steps, times = {}, {name: [] for name in pairs}
     for name, (R, D) in pairs.items():
         R.to(device), D.to(device)
-        optimizer = torch.optim.Adam([p for net in (R, D) for p in net.parameters()], lr=cfg.lr)
+        optimizer = make_optimizer(cfg, [R, D]) if name == "ours" else \
+            torch.optim.Adam([p for net in (R, D) for p in net.parameters()], lr=cfg.lr)
         steps[name] = lambda R=R, D=D, optimizer=optimizer: _train_step(cfg, batch, R, D, None, loss_fn, optimizer,
                                                                          torch.device(device))
         steps[name]()   # warm-up: allocator, kernels
@@ -291,7 +333,7 @@ def _draem_comparison(cfg, unet, seconds: float, device: str) -> dict:
             start = time.perf_counter()
             step()      # ends with float(loss): synchronises a GPU
             times[name].append(time.perf_counter() - start)
-    return {"img_size": S, "batch_size": N, "r_base": cfg.r_base, "d_base": cfg.d_base, "steps": len(times["ours"]),
+    return {"img_size": cfg.img_size, "batch_size": cfg.batch_size, "r_base": cfg.r_base, "d_base": cfg.d_base, "steps": len(times["ours"]),
             **{name: {"s_per_step": round(statistics.median(times[name]), 4),
                       "params": [sum(p.numel() for p in net.parameters()) for net in pairs[name]]}
                for name in pairs}}

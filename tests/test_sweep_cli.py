@@ -164,8 +164,8 @@ def test_bench_times_our_detector_step_beside_draems_networks(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     c = out["detector_vs_draem"]
     assert out["s_per_step"] == {} and (c["img_size"], c["r_base"], c["d_base"]) == (32, 8, 4)
-    assert c["ours"]["params"] == c["draem"]["params"] and c["steps"] >= 3
-    assert c["ours"]["s_per_step"] > 0 and c["draem"]["s_per_step"] > 0
+    assert c["ours"]["params"] == c["draem"]["params"] == c["ours_default_adam"]["params"] and c["steps"] >= 3
+    assert all(c[name]["s_per_step"] > 0 for name in ("ours", "draem", "ours_default_adam"))
     with pytest.raises(UserInputError, match="no model_unet.py"):
         bench.main(["--only", "detector_vs_draem", "--draem-src", str(tmp_path / "missing")])
     with pytest.raises(UserInputError, match="needs --draem-src"):
