@@ -184,7 +184,7 @@ def test_every_switch_combination_trains_one_step(tiny_root, df, lk, source, upd
 
 
 def test_large_kernel_conv_equals_a_plain_depthwise_conv():
-    """The NHWC detour inside LargeKernelConv changes speed, not values or gradients."""
+    """LargeKernelConv runs channels-last whatever its input's layout: speed, not values or gradients."""
     torch.manual_seed(0)
     conv = LargeKernelConv(6, kernel=9, small_kernel=9)  # no parallel branch: one depthwise conv + BN
     x = torch.randn(2, 6, 10, 10, dtype=torch.float64, requires_grad=True)
@@ -194,5 +194,5 @@ def test_large_kernel_conv_equals_a_plain_depthwise_conv():
     x_ref = x.detach().clone().requires_grad_(True)
     reference = conv.lk_bn(torch.nn.functional.conv2d(x_ref, conv.lk.weight, padding=4, groups=6))
     grad_ref, = torch.autograd.grad((reference * torch.cos(reference)).sum(), x_ref)
-    assert out.is_contiguous() and torch.allclose(out, reference, atol=1e-10)
+    assert out.is_contiguous(memory_format=torch.channels_last) and torch.allclose(out, reference, atol=1e-10)
     assert torch.allclose(grad_x, grad_ref, atol=1e-10)

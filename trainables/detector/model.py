@@ -256,15 +256,14 @@ class LargeKernelConv(nn.Module):
         self.fused = None  # set by reparameterize(): one depthwise k×k conv with bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # The depthwise convs run in NHWC (several times faster on CPU for large kernels). BN
-        # stays NCHW: PyTorch's NHWC BatchNorm on CPU is ~10x less precise, which the
-        # ill-conditioned gradients at DRAEM's init amplify (R's gradients off by tens of %).
+        # channels-last, as the trainer runs the networks (docs/detector.md §4.6): the depthwise
+        # convs are several times faster on CPU in NHWC than in NCHW
         x_nhwc = x.contiguous(memory_format=torch.channels_last)
         if self.fused is not None:
-            return self.fused(x_nhwc).contiguous()
-        out = self.lk_bn(self._large(x_nhwc).contiguous())
+            return self.fused(x_nhwc)
+        out = self.lk_bn(self._large(x_nhwc))
         if hasattr(self, "small"):
-            out = out + self.small_bn(self.small(x_nhwc).contiguous())
+            out = out + self.small_bn(self.small(x_nhwc))
         return out
 
     def _large(self, x_nhwc: torch.Tensor) -> torch.Tensor:

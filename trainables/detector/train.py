@@ -259,7 +259,8 @@ def make_optimizer(cfg: DetectorConfig, trained: list[nn.Module]) -> torch.optim
 
 
 def _train_step(cfg, batch, R, D, F, loss_fn, optimizer, device) -> dict[str, float]:
-    I, I_a, M = (batch[k].to(device, non_blocking=True) for k in ("I", "I_a", "M"))
+    # channels-last: R, D and F run NHWC, about a fifth faster on CPU than NCHW (docs/detector.md §4.6)
+    I, I_a, M = (batch[k].to(device, memory_format=torch.channels_last, non_blocking=True) for k in ("I", "I_a", "M"))
     I_r = R(I_a)
     x = torch.cat([I_r.detach() if cfg.detach_reconstruction else I_r, I_a], dim=1)
     P = torch.softmax(D(x), dim=1)
