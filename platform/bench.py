@@ -300,7 +300,7 @@ def _load_draem(src: Path):
 
 
 def _draem_comparison(cfg, unet, seconds: float, device: str) -> dict:
-    """One detector step (df, lk off: L2 + SSIM + focal) on one random batch, three ways: our R
+    """One detector step (df, lk off: L2 + SSIM + focal) on the trainer's first batch, three ways: our R
     and D with the trainer's optimizer (`ours`), DRAEM's networks at the same widths with the Adam
     of DRAEM's train_DRAEM.py, torch's default (`draem`), and our networks with that Adam too
     (`ours_default_adam`: the networks alone). They take turns step by step, in an order that
