@@ -16,12 +16,12 @@ from dataclasses import dataclass
 # gan_stage1 / gan_stage2: one DFMGAN iteration (G, D and, in stage 2, D_match phases; lazy
 # regularisation amortised). classifier: one ResNet-34 step of `cls_batch` images.
 # cpu: `python -m platform.bench --preset P --threads 1` on the 2-core machine (2026-12-01;
-# the detector's tiny and small 2026-12-03, after its FFT weight gradients and fused Adam, which
-# also shorten the paper preset's step, not re-measured), except DFMGAN's paper preset, which did
-# not finish a stage-1 iteration in 10 minutes there (an estimate). gpu: estimates for one
+# the detector's 2026-12-03, after its FFT weight gradients and fused Adam; its paper step, 210 s,
+# timed by the same trainer call with a 6-minute budget, 2 steps, 16 GB resident), except DFMGAN's
+# paper preset, which did not finish a stage-1 iteration in 10 minutes there (an estimate). gpu: estimates for one
 # current GPU; run the benchmark on yours.
 STEP_SECONDS: dict[str, dict[tuple[str, str], float]] = {
-    "detector": {("tiny", "cpu"): 0.062, ("small", "cpu"): 0.39, ("paper", "cpu"): 212.0,
+    "detector": {("tiny", "cpu"): 0.062, ("small", "cpu"): 0.39, ("paper", "cpu"): 210.0,
                  ("tiny", "gpu"): 0.02, ("small", "gpu"): 0.03, ("paper", "gpu"): 0.35},
     "gan_stage1": {("tiny", "cpu"): 0.11, ("small", "cpu"): 0.89, ("paper", "cpu"): 900.0,
                    ("tiny", "gpu"): 0.03, ("small", "gpu"): 0.05, ("paper", "gpu"): 0.6},
