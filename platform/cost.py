@@ -17,9 +17,9 @@ from dataclasses import dataclass
 # regularisation amortised). classifier: one ResNet-34 step of `cls_batch` images.
 # cpu: `python -m platform.bench --preset P --threads 1` on the 2-core machine (2026-12-01;
 # the detector's 2026-12-03, after its FFT weight gradients and fused Adam; its paper step, 210 s,
-# timed by the same trainer call with a 6-minute budget, 2 steps, 16 GB resident), except DFMGAN's
-# paper preset, which did not finish a stage-1 iteration in 10 minutes there (an estimate). gpu: estimates for one
-# current GPU; run the benchmark on yours.
+# is the benchmark's as-trained figure alone: 2 steps in a 6-minute budget, 16 GB resident), except
+# DFMGAN's paper preset, which did not finish a stage-1 iteration in 10 minutes there (an
+# estimate). gpu: estimates for one current GPU; run the benchmark on yours.
 STEP_SECONDS: dict[str, dict[tuple[str, str], float]] = {
     "detector": {("tiny", "cpu"): 0.062, ("small", "cpu"): 0.39, ("paper", "cpu"): 210.0,
                  ("tiny", "gpu"): 0.02, ("small", "gpu"): 0.03, ("paper", "gpu"): 0.35},

@@ -40,19 +40,22 @@ def dataset(tmp_path) -> Path:
     return tmp_path
 
 
+_SESSION = pytest.StashKey[pytest.Session]()
+
+
+def pytest_sessionstart(session):
+    session.config.stash[_SESSION] = session
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_unconfigure(config):
     """End the process with pytest's exit status once pytest is done, skipping the interpreter's
-    finalisation. The suite starts Ray in this process and leaves native threads of Ray, torch and
-    gRPC behind; on a fresh clone (2026-12-03) a run printed "313 passed" and then died of
-    SIGSEGV during finalisation, which turned a green run into exit status 139."""
-    session = getattr(config, "_session_for_exit", None)
+    finalisation. The suite runs Ray in this process, whose native threads (Ray, gRPC, torch's
+    OpenMP) outlive the tests: on a fresh clone (2026-12-03) a run printed "313 passed" and then
+    died of SIGSEGV during finalisation, exit status 139."""
+    session = config.stash.get(_SESSION, None)
     if session is None:
         return
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(int(session.exitstatus))
-
-
-def pytest_sessionstart(session):
-    session.config._session_for_exit = session
