@@ -12,7 +12,9 @@ networks with the Adam that DRAEM's train_DRAEM.py builds (torch's default), and
 with that same Adam (the networks alone).
 It also times the detector's input: anomaly synthesis alone (samples/s at the preset's size
 and at 256 px, the paper's) and the detector step with synthesis in line vs in loader
-processes (`loader_workers`, trainables/detector/pipeline.py).
+processes (`loader_workers`, trainables/detector/pipeline.py), and says whether the input keeps
+up (`input`): how many loader processes it takes to make batches as fast as this device's
+step consumes them.
 With the detector it also reports achieved GFLOP/s against this machine's float32 matmul peak,
 measured in the same run at the same thread count (`flops`): the step's FLOPs are counted by
 torch's FlopCounterMode on one forward+backward (matmuls and convolutions, 2 per multiply-add;
@@ -122,6 +124,8 @@ def main(argv=None) -> int:
                                                 "loader_workers": workers})
             by_workers[str(workers)] = _per_step(train_detector(cfg, _quiet), "step")
         extra["detector_s_per_step_by_loader_workers"] = by_workers
+    if "flops" in extra and "synthesis_samples_per_s" in extra:
+        extra["input"] = _input_supply(detector_config(args.preset, common), extra, device)
 
     threads = torch.get_num_threads()
     for kind, seconds in figures.items():
@@ -143,6 +147,12 @@ def main(argv=None) -> int:
         where = "in line" if workers == "0" else f"{workers} loader process(es)"
         print(f"detector   {args.preset} on {device}, {threads} thread(s), synthesis {where}: {seconds:.4f} s/step",
               file=sys.stderr)
+    if "input" in extra:
+        i = extra["input"]
+        print(f"input      a loader process makes a batch in {i['s_per_batch']:.4f} s, the step computes in "
+              f"{i['s_per_step_compute']:.4f} s: in line, synthesis takes {i['share_in_line']:.1%} of a step; "
+              f"{i['loader_workers_needed']} loader process(es) with CPUs of their own would hide it "
+              f"(default on {device}: {i['loader_workers_default']})", file=sys.stderr)
     out = {"preset": args.preset, "device": device, "threads": threads, "s_per_step": figures, **extra}
     if comparison is not None:
         c = comparison
@@ -284,6 +294,18 @@ def _synthesis_rate(cfg, size: int, seconds: float) -> float:
         synth.batch(np.random.default_rng([cfg.seed, 0, samples]), cfg.batch_size)
         samples += cfg.batch_size
     return round(samples / (time.perf_counter() - began), 2)
+
+
+def _input_supply(cfg, extra: dict, device: str) -> dict:
+    """Whether the input keeps up with the step at the preset's size: the seconds one process
+    takes to synthesise a batch, against the fixed-batch step's compute time; the loader
+    processes that hide synthesis (each makes every n-th batch) and the device's default."""
+    s_per_batch = cfg.batch_size / extra["synthesis_samples_per_s"][str(cfg.img_size)]
+    compute = extra["flops"]["s_per_step_compute"]
+    return {"s_per_batch": round(s_per_batch, 4), "s_per_step_compute": compute,
+            "share_in_line": round(s_per_batch / (s_per_batch + compute), 4),
+            "loader_workers_needed": math.ceil(s_per_batch / compute),
+            "loader_workers_default": default_workers(device)}
 
 
 def _per_step(metrics: dict, counter: str) -> float:

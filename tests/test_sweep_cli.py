@@ -137,6 +137,24 @@ def test_bench_times_a_step_of_every_trainer_the_cost_model_knows():
     figures = json.loads(result.stdout.strip().splitlines()[-1])
     assert figures["preset"] == "tiny" and figures["threads"] == 1
     assert set(figures["s_per_step"]) == set(STEP_SECONDS) and all(v > 0 for v in figures["s_per_step"].values())
+    supply = figures["input"]   # the input against the step: how many loader processes hide synthesis
+    assert supply["s_per_step_compute"] == figures["flops"]["s_per_step_compute"]
+    assert supply["loader_workers_needed"] >= 1 and supply["loader_workers_default"] == 0   # a CPU: in line
+
+
+def test_bench_sizes_the_loader_from_synthesis_and_step_times():
+    """A batch of 8 at 100 samples/s takes 0.08 s to make: against a 0.03 s step, three loader
+    processes (each making every third batch) keep up, and in line it would be 0.08 / 0.11 of a step."""
+    from platform.bench import _input_supply
+    from trainables.detector.config import make_config
+
+    cfg = make_config("small", {"category": "bolt", "batch_size": 8, "img_size": 64})
+    extra = {"synthesis_samples_per_s": {"64": 100.0, "256": 10.0}, "flops": {"s_per_step_compute": 0.03}}
+    supply = _input_supply(cfg, extra, "cpu")
+    assert supply == {"s_per_batch": 0.08, "s_per_step_compute": 0.03, "share_in_line": round(0.08 / 0.11, 4),
+                      "loader_workers_needed": 3, "loader_workers_default": 0}
+    extra["flops"]["s_per_step_compute"] = 0.08   # exactly as fast as one process: one keeps up
+    assert _input_supply(cfg, extra, "cpu")["loader_workers_needed"] == 1
 
 
 DRAEM_STAND_IN = '''"""Stand-in for DRAEM's model_unet.py (not in this repo): its class names and keywords."""

@@ -1,8 +1,9 @@
 """Input pipeline of the detector: synthetic-anomaly batches made off the training thread.
 
-Anomaly synthesis (synthesis.py, numpy, one sample at a time) makes 70-86 samples/s at
-256 px on one CPU core (`python -m platform.bench`): about 0.1 s per batch of 8, which an
-accelerator's step would wait for if it ran in line. `batches(...)` yields the batches of steps
+Anomaly synthesis (synthesis.py, numpy, one sample at a time) makes 47-86 samples/s at
+256 px on one CPU core (`python -m platform.bench`): 0.09-0.17 s per batch of 8, which an
+accelerator's step would wait for if it ran in line (the benchmark's `input` line says how
+many loader processes hide it on a given machine). `batches(...)` yields the batches of steps
 `start, start + 1, ...` either in line (`workers=0`) or from a torch DataLoader whose worker
 processes each make every `workers`-th step and prefetch ahead. Either way the batch of step
 s is `batch_at(synth, seed, rank, s, n)`, a pure function of (seed, rank, step), so a resumed
