@@ -83,17 +83,17 @@ def main(argv=None) -> int:
     device = str(pick_device(args.device))
     minutes = args.seconds / 60
     common = {"category": args.category, "device": device}
-    detector_extra = parse_overrides(args.set)
+    detector_common = {**common, **parse_overrides(args.set)}   # --set applies to every detector figure
     kinds = set(args.only or KINDS + INPUT + ((VS_DRAEM,) if args.draem_src else ()))
     if VS_DRAEM in kinds and args.draem_src is None:
         raise UserInputError(f"--only {VS_DRAEM}: needs --draem-src DIR (a checkout of github.com/VitjanZ/DRAEM)")
     figures, extra, comparison = {}, {}, None
     if VS_DRAEM in kinds:
-        cfg = detector_config(args.preset, {**common, **detector_extra, "df": False, "lk": False})
+        cfg = detector_config(args.preset, {**detector_common, "df": False, "lk": False})
         comparison = _draem_comparison(cfg, _load_draem(args.draem_src), args.seconds, device)
     with tempfile.TemporaryDirectory(prefix="bench-") as folder:
         if "detector" in kinds:
-            cfg = detector_config(args.preset, {**common, **detector_extra, "epochs": NEVER, "minutes": minutes,
+            cfg = detector_config(args.preset, {**detector_common, "epochs": NEVER, "minutes": minutes,
                                                 "report_every": NEVER, "checkpoint_minutes": None, "n_pictures": 0})
             figures["detector"] = _per_step(train_detector(cfg, _quiet), "step")
             extra["flops"] = _flops(cfg, figures["detector"], device, min(10.0, args.seconds / 3))
@@ -113,19 +113,19 @@ def main(argv=None) -> int:
     if "classifier" in kinds:
         figures["classifier"] = _classifier_step(gan_config(args.preset, common), args.seconds, device)
     if "synthesis" in kinds:
-        cfg = detector_config(args.preset, common)
+        cfg = detector_config(args.preset, detector_common)
         extra["synthesis_samples_per_s"] = {str(size): _synthesis_rate(cfg, size, args.seconds / 2)
                                             for size in sorted({cfg.img_size, 256})}
     if "pipeline" in kinds:
         by_workers = {}
         for workers in (0, max(1, default_workers("cuda"))):  # what an accelerator rank would get, at least 1
-            cfg = detector_config(args.preset, {**common, "epochs": NEVER, "minutes": minutes, "report_every": NEVER,
-                                                "checkpoint_minutes": None, "n_pictures": 0,
-                                                "loader_workers": workers})
+            cfg = detector_config(args.preset, {**detector_common, "epochs": NEVER, "minutes": minutes,
+                                                "report_every": NEVER, "checkpoint_minutes": None,
+                                                "n_pictures": 0, "loader_workers": workers})
             by_workers[str(workers)] = _per_step(train_detector(cfg, _quiet), "step")
         extra["detector_s_per_step_by_loader_workers"] = by_workers
     if "flops" in extra and "synthesis_samples_per_s" in extra:
-        extra["input"] = _input_supply(detector_config(args.preset, common), extra, device)
+        extra["input"] = _input_supply(detector_config(args.preset, detector_common), extra, device)
 
     threads = torch.get_num_threads()
     for kind, seconds in figures.items():
