@@ -328,9 +328,9 @@ def _draem_comparison(cfg, unet, seconds: float, device: str) -> dict:
     """One detector step (df, lk off: L2 + SSIM + focal) on the trainer's first batch, three ways: our R
     and D with the trainer's optimizer (`ours`), DRAEM's networks at the same widths with the Adam
     of DRAEM's train_DRAEM.py, torch's default (`draem`), and our networks with that Adam too
-    (`ours_default_adam`: the networks alone). They take turns step by step, in an order that
-    reverses each round, until `seconds` are spent, so all see the same machine load. Medians
-    per step."""
+    (`ours_default_adam`: the networks alone). All run channels-last, weights and activations,
+    as the trainer runs ours. They take turns step by step, in an order that reverses each
+    round, until `seconds` are spent, so all see the same machine load. Medians per step."""
     torch.manual_seed(cfg.seed)
     ours = build_networks(cfg)
     draem = (unet.ReconstructiveSubNetwork(in_channels=3, out_channels=3, base_width=cfg.r_base),
@@ -343,7 +343,7 @@ def _draem_comparison(cfg, unet, seconds: float, device: str) -> dict:
     loss_fn = build_loss(cfg)
     steps, times = {}, {name: [] for name in pairs}
     for name, (R, D) in pairs.items():
-        R.to(device), D.to(device)
+        R.to(device, memory_format=torch.channels_last), D.to(device, memory_format=torch.channels_last)
         optimizer = make_optimizer(cfg, [R, D]) if name == "ours" else \
             torch.optim.Adam([p for net in (R, D) for p in net.parameters()], lr=cfg.lr)
         steps[name] = lambda R=R, D=D, optimizer=optimizer: _train_step(cfg, batch, R, D, None, loss_fn, optimizer,

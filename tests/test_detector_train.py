@@ -100,6 +100,26 @@ def test_resume_from_a_mid_run_checkpoint_matches_an_uninterrupted_run(root, tmp
     assert full[-1][0]["pixel_AUROC"] == resumed[-1][0]["pixel_AUROC"]
 
 
+def test_resume_from_a_checkpoint_laid_out_nchw_matches_an_uninterrupted_run(root, tmp_path):
+    """Checkpoints written before the weights were channels-last hold NCHW weights and Adam
+    moments. The fused Adam pairs a weight and its moments as flat memory, so restoring must lay
+    the moments out like the weights, or the resumed run silently diverges."""
+    cfg = tiny(root, epochs=2, steps_per_epoch=2, loader_workers=0)
+    full = []
+    train_detector(cfg, cloning_report(full))
+    middle = full[0][1]
+    assert middle["nets"]["R.encoder.b1.0.weight"].is_contiguous(memory_format=torch.channels_last)
+    nchw = {**middle, "nets": {k: v.contiguous() for k, v in middle["nets"].items()},
+            "optimizer": {**middle["optimizer"], "state": {
+                i: {k: v.contiguous() for k, v in state.items()} for i, state in middle["optimizer"]["state"].items()}}}
+    assert not nchw["optimizer"]["state"][0]["exp_avg"].is_contiguous(memory_format=torch.channels_last)
+    save_checkpoint(tmp_path / "mid", nchw)
+    resumed = []
+    train_detector(make_config("tiny", {**to_flat(cfg), "resume": str(tmp_path / "mid")}), cloning_report(resumed))
+    a, b = full[-1][1]["nets"], resumed[-1][1]["nets"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_resume_refuses_a_checkpoint_of_another_architecture(root, tmp_path):
     log = []
     train_detector(tiny(root, epochs=1, steps_per_epoch=1), cloning_report(log))

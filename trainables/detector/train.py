@@ -66,14 +66,15 @@ def df_layers(cfg: DetectorConfig) -> tuple[int, ...]:
 
 
 def build_networks(cfg: DetectorConfig, vgg_state: dict | None = None) -> nn.ModuleDict:
-    """R, D and (when df is on) F, initialised from torch's current RNG."""
+    """R, D and (when df is on) F, initialised from torch's current RNG, with their weights
+    channels-last like the activations they meet (docs/detector.md §4.6)."""
     nets = nn.ModuleDict({
         "R": ReconstructionNet(cfg.r_base),
         "D": DefectPredictor(cfg.d_base, tuple(cfg.lk_kernels) if cfg.lk else None, cfg.lk_small_kernel,
                              cfg.lk_weight_grad),
     })
     if not cfg.df:
-        return nets
+        return nets.to(memory_format=torch.channels_last)
     if cfg.df_source == "vgg19":
         F = VGGFeatures(df_layers(cfg))
         F.features.load_state_dict(vgg_state)
@@ -84,7 +85,7 @@ def build_networks(cfg: DetectorConfig, vgg_state: dict | None = None) -> nn.Mod
         if cfg.df_source == "ae_encoder":
             copy_parameters(nets["R"].encoder, F.encoder)
     nets["F"] = F
-    return nets
+    return nets.to(memory_format=torch.channels_last)
 
 
 def build_loss(cfg: DetectorConfig) -> DetectorLoss:
@@ -374,8 +375,20 @@ def _restore(cfg: DetectorConfig, nets: nn.ModuleDict, optimizer) -> tuple[int, 
                              f"expected the same values as the run being resumed")
     nets.load_state_dict(ckpt["nets"])
     optimizer.load_state_dict(ckpt["optimizer"])
+    _lay_out_like_params(optimizer)
     set_rng_state(ckpt["rng"])
     return int(ckpt["step"]), float(ckpt["train_seconds"])
+
+
+def _lay_out_like_params(optimizer: torch.optim.Optimizer) -> None:
+    """Give each parameter's optimizer state the parameter's memory layout. The fused Adam
+    updates a parameter and its moments as flat memory, so a moment laid out differently (a
+    checkpoint written before the weights were channels-last) would silently pair the wrong
+    elements; load_state_dict keeps the layout the state was saved in."""
+    for param, state in optimizer.state.items():
+        for key, value in state.items():
+            if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                state[key] = torch.empty_like(param).copy_(value)
 
 
 def _ddp(net: nn.Module, device: torch.device) -> nn.Module:
