@@ -73,8 +73,13 @@ def build_networks(cfg: DetectorConfig, vgg_state: dict | None = None) -> nn.Mod
         "D": DefectPredictor(cfg.d_base, tuple(cfg.lk_kernels) if cfg.lk else None, cfg.lk_small_kernel,
                              cfg.lk_weight_grad),
     })
-    if not cfg.df:
-        return nets.to(memory_format=torch.channels_last)
+    if cfg.df:
+        nets["F"] = _feature_extractor(cfg, nets["R"], vgg_state)
+    return nets.to(memory_format=torch.channels_last)
+
+
+def _feature_extractor(cfg: DetectorConfig, R: ReconstructionNet, vgg_state: dict | None) -> nn.Module:
+    """F of the deep-feature loss: VGG19 or R's encoder; frozen in copy mode, R's encoder copied in."""
     if cfg.df_source == "vgg19":
         F = VGGFeatures(df_layers(cfg))
         F.features.load_state_dict(vgg_state)
@@ -83,9 +88,8 @@ def build_networks(cfg: DetectorConfig, vgg_state: dict | None = None) -> nn.Mod
     if cfg.df_update == "copy":
         F.requires_grad_(False)
         if cfg.df_source == "ae_encoder":
-            copy_parameters(nets["R"].encoder, F.encoder)
-    nets["F"] = F
-    return nets.to(memory_format=torch.channels_last)
+            copy_parameters(R.encoder, F.encoder)
+    return F
 
 
 def build_loss(cfg: DetectorConfig) -> DetectorLoss:
