@@ -16,7 +16,8 @@ processes (`loader_workers`, trainables/detector/pipeline.py), and says whether 
 up (`input`): how many loader processes it takes to make batches as fast as this device's
 step consumes them.
 With the detector it also reports achieved GFLOP/s against this machine's float32 matmul peak,
-measured in the same run at the same thread count (`flops`): the step's FLOPs are counted by
+measured in the same run at the same thread count (`flops`; on CPU the faster of torch.mm and
+the same product as a 1x1 convolution, see `_matmul_peak`): the step's FLOPs are counted by
 torch's FlopCounterMode on one forward+backward (matmuls and convolutions, 2 per multiply-add;
 elementwise work and the optimizer are not counted, so the ratio is a lower bound on the share
 of compute well spent). Its formula for a convolution's weight gradient ignores `groups` and
@@ -136,7 +137,8 @@ def main(argv=None) -> int:
               f"({f['share_of_peak_step']:.1%} of peak), {f['gflops_compute']:.2f} GFLOP/s on a fixed batch "
               f"({f['share_of_peak_compute']:.1%} median step, {f['share_of_peak_compute_best']:.1%} fastest); "
               f"matmul peak {f['matmul_peak_gflops']:.1f} GFLOP/s "
-              f"(float32 {f['matmul_n']}x{f['matmul_n']}, {threads} thread(s) on {device})", file=sys.stderr)
+              f"(float32 {f['matmul_n']}x{f['matmul_n']} by {f['matmul_by']}, {threads} thread(s) on {device})",
+              file=sys.stderr)
         if "share_of_peak_convs" in f:
             print(f"detector   its convolutions alone: {f['s_per_step_convs']:.4f} s/step, "
                   f"{f['share_of_peak_convs']:.1%} of peak (the step's ceiling if nothing else took time)",
@@ -184,7 +186,7 @@ def _flops(cfg, s_per_step: float, device: str, seconds: float) -> dict:
     """The detector step's FLOPs (one forward+backward on a batch of the preset's shape), its
     achieved GFLOP/s as trained (`s_per_step`, input synthesis included) and on a fixed batch
     (compute only: the median step, and the fastest, measured like the peak), and the float32
-    matmul peak of this process (the fastest of repeated matmuls)."""
+    matmul peak of this process (the fastest of repeated matmuls, `_matmul_peak`)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from trainables.detector.train import load_vgg_state
@@ -212,11 +214,12 @@ def _flops(cfg, s_per_step: float, device: str, seconds: float) -> dict:
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
-    peak, n = _matmul_peak(device, seconds / 2)
+    peak, n, how = _matmul_peak(device, seconds / 2)
     compute, best = statistics.median(times), min(times)
     out = {"gflop_per_step": round(flop / 1e9, 4), "gflops_step": round(flop / s_per_step / 1e9, 3),
            "s_per_step_compute": round(compute, 4), "gflops_compute": round(flop / compute / 1e9, 3),
            "s_per_step_compute_best": round(best, 4), "matmul_peak_gflops": round(peak, 2), "matmul_n": n,
+           "matmul_by": how,
            "share_of_peak_step": round(flop / s_per_step / 1e9 / peak, 4),
            "share_of_peak_compute": round(flop / compute / 1e9 / peak, 4),
            "share_of_peak_compute_best": round(flop / best / 1e9 / peak, 4)}
@@ -252,20 +255,32 @@ def conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _paddin
     return forward * (int(output_mask[0]) + int(output_mask[1]))
 
 
-def _matmul_peak(device: str, seconds: float) -> tuple[float, int]:
-    """GFLOP/s of the fastest of repeated n x n float32 matmuls (2 n^3 FLOPs), and n."""
+def _matmul_peak(device: str, seconds: float) -> tuple[float, int, str]:
+    """GFLOP/s of the fastest of repeated n x n float32 matmuls (2 n^3 FLOPs), n, and what ran it.
+    On CPU the product is timed twice, by torch.mm (MKL) and as a 1x1 convolution (oneDNN, the
+    step's convolutions' library), and the faster is the peak. On an AVX-512 AMD EPYC, MKL's
+    reached 174-195 GFLOP/s and oneDNN's 205-210; the step's 3x3 convolutions alone ran at up to
+    239 (docs/detector.md §4.6), so MKL's figure alone made every share of it look larger."""
     n = 8192 if device.startswith("cuda") else 2048
     a, b = (torch.randn(n, n, device=device) for _ in range(2))
+    products = {"torch.mm": lambda: torch.mm(a, b)}
+    if device == "cpu":   # [n positions, n channels] @ [n, n] as a 1x1 conv, channels-last like the step's
+        x = a.reshape(1, n, 32, n // 32).contiguous(memory_format=torch.channels_last)
+        w = b.reshape(n, n, 1, 1)
+        products["a 1x1 conv"] = lambda: torch.nn.functional.conv2d(x, w)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    torch.mm(a, b)   # warm-up: allocator, kernels
-    sync()
-    best, began = float("inf"), time.perf_counter()
-    while time.perf_counter() - began < seconds or best == float("inf"):
-        start = time.perf_counter()
-        torch.mm(a, b)
+    fastest = {}
+    for how, product in products.items():
+        product()   # warm-up: allocator, kernels
         sync()
-        best = min(best, time.perf_counter() - start)
-    return 2 * n ** 3 / best / 1e9, n
+        fastest[how], began = float("inf"), time.perf_counter()
+        while time.perf_counter() - began < seconds / len(products) or fastest[how] == float("inf"):
+            start = time.perf_counter()
+            product()
+            sync()
+            fastest[how] = min(fastest[how], time.perf_counter() - start)
+    how = min(fastest, key=fastest.get)
+    return 2 * n ** 3 / fastest[how] / 1e9, n, how
 
 
 def _synthesizer(cfg, size: int):

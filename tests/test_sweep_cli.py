@@ -137,6 +137,7 @@ def test_bench_times_a_step_of_every_trainer_the_cost_model_knows():
     figures = json.loads(result.stdout.strip().splitlines()[-1])
     assert figures["preset"] == "tiny" and figures["threads"] == 1
     assert set(figures["s_per_step"]) == set(STEP_SECONDS) and all(v > 0 for v in figures["s_per_step"].values())
+    assert figures["flops"]["matmul_by"] in ("torch.mm", "a 1x1 conv")   # on CPU the faster library's product
     supply = figures["input"]   # the input against the step: how many loader processes hide synthesis
     assert supply["s_per_step_compute"] == figures["flops"]["s_per_step_compute"]
     assert supply["loader_workers_needed"] >= 1 and supply["loader_workers_default"] == 0   # a CPU: in line
