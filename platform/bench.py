@@ -258,9 +258,8 @@ def conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _paddin
 def _matmul_peak(device: str, seconds: float) -> tuple[float, int, str]:
     """GFLOP/s of the fastest of repeated n x n float32 matmuls (2 n^3 FLOPs), n, and what ran it.
     On CPU the product is timed twice, by torch.mm (MKL) and as a 1x1 convolution (oneDNN, the
-    step's convolutions' library), and the faster is the peak. On an AVX-512 AMD EPYC, MKL's
-    reached 174-195 GFLOP/s and oneDNN's 205-210; the step's 3x3 convolutions alone ran at up to
-    239 (docs/detector.md §4.6), so MKL's figure alone made every share of it look larger."""
+    step's convolutions' library), and the faster is the peak: where MKL's is the slower, as on
+    an AVX-512 AMD EPYC, its figure alone made every share of it look larger (docs/detector.md §4.6)."""
     n = 8192 if device.startswith("cuda") else 2048
     a, b = (torch.randn(n, n, device=device) for _ in range(2))
     products = {"torch.mm": lambda: torch.mm(a, b)}
