@@ -380,7 +380,8 @@ def _draem_comparison(cfg, unet, seconds: float, device: str) -> dict:
 
 def _classifier_step(cfg, seconds: float, device: str) -> float:
     """ResNet-34 steps on random images of the protocol's size; the difference of two runs, so
-    building the network and testing it do not count."""
+    building the network and testing it do not count. A first run warms up: it imports
+    torchvision, which can take longer than the steps it would otherwise be subtracted from."""
     size = cfg.cls_img_size or cfg.resolution
     rng = np.random.default_rng(0)
 
@@ -392,6 +393,7 @@ def _classifier_step(cfg, seconds: float, device: str) -> float:
         train_and_test(dataclasses.replace(cfg, cls_epochs=1), x, y, x[:1], y[:1], 2, 0, device)
         return time.perf_counter() - began
 
+    timed(1)
     short = timed(2)
     steps = max(4, int(seconds / max(short / 2, 1e-6)))
     return round((timed(steps + 2) - short) / steps, 4)
