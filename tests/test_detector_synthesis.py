@@ -1,5 +1,7 @@
 """Anomaly synthesis: mask ⊆ foreground, I_a = I outside M, clean fraction, source pools."""
 
+import math
+
 import numpy as np
 import PIL.Image
 import pytest
@@ -8,7 +10,7 @@ from detector_fixtures import make_detector_dataset
 from trainables.data import resolve_data
 from trainables.data.mvtec import read_image
 from trainables.detector.synthesis import (AUGMENTERS, AnomalySynthesizer, SynthesisParams, augment,
-                                           build_source_pool, foreground_mask, perlin_mask)
+                                           build_source_pool, foreground_mask, perlin_mask, perlin_noise)
 from trainables.errors import UserInputError
 
 
@@ -63,6 +65,29 @@ def test_batches_are_a_function_of_the_seed():
     synth = AnomalySynthesizer(disc_images(4, 32), "object", pool_of(disc_images(2, 32)), SynthesisParams())
     a, b = (synth.batch(np.random.default_rng([0, 0, 7]), 4) for _ in range(2))
     assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("size, res", [(64, (4, 8)), (48, (1, 16)), (50, (2, 3))])
+def test_perlin_noise_is_the_textbook_formula_pixel_by_pixel(size, res):
+    """Each pixel on its own: the gradients of the 4 lattice corners around it, dotted with the
+    offsets to them, blended by the quintic fade, times sqrt 2 (docs/detector.md §3.2)."""
+    noise = perlin_noise(np.random.default_rng(3), size, res)
+    angles = np.random.default_rng(3).uniform(0, 2 * math.pi, (res[0] + 1, res[1] + 1))
+
+    def at(y: int, x: int) -> float:
+        ty, tx = y / size * res[0], x / size * res[1]
+        i, j = math.floor(ty), math.floor(tx)
+        fy, fx = ty - i, tx - j
+        dot = {(dy, dx): math.cos(angles[i + dy, j + dx]) * (fy - dy) + math.sin(angles[i + dy, j + dx]) * (fx - dx)
+               for dy in (0, 1) for dx in (0, 1)}
+        fade = lambda t: 6 * t ** 5 - 15 * t ** 4 + 10 * t ** 3  # noqa: E731
+        top = dot[0, 0] + fade(fx) * (dot[0, 1] - dot[0, 0])
+        bottom = dot[1, 0] + fade(fx) * (dot[1, 1] - dot[1, 0])
+        return math.sqrt(2) * (top + fade(fy) * (bottom - top))
+
+    pixels = np.random.default_rng(4).integers(0, size, (200, 2))
+    assert noise.shape == (size, size)
+    np.testing.assert_allclose([noise[y, x] for y, x in pixels], [at(y, x) for y, x in pixels], atol=1e-12)
 
 
 def test_perlin_mask_and_augmenters_keep_shape_and_type():
