@@ -18,7 +18,8 @@ step consumes them.
 With the detector it also reports achieved GFLOP/s against this machine's float32 matmul peak,
 measured in the same run at the same thread count (`flops`; on CPU the faster of torch.mm and
 the same product as a 1x1 convolution, see `_matmul_peak`): the step's FLOPs are counted by
-torch's FlopCounterMode on one forward+backward (matmuls and convolutions, 2 per multiply-add;
+torch's FlopCounterMode on one forward+backward on the meta device, so nothing is computed and
+`--only flops` prints the count of any preset in seconds (matmuls and convolutions, 2 per multiply-add;
 elementwise work and the optimizer are not counted, so the ratio is a lower bound on the share
 of compute well spent). Its formula for a convolution's weight gradient ignores `groups` and
 counts a depthwise conv's C times over (torch 2.14); `conv_backward_flop` replaces it. They are
@@ -49,8 +50,8 @@ from trainables.data import EMBEDDED_CATEGORIES
 from trainables.detector.config import make_config as detector_config
 from trainables.detector.model import draem_init
 from trainables.detector.pipeline import batch_at, default_workers
-from trainables.detector.train import (_train_step, build_loss, build_networks, make_optimizer, set_train_modes,
-                                       train_detector)
+from trainables.detector.train import (_loss_terms, _train_step, build_loss, build_networks, make_optimizer,
+                                       set_train_modes, train_detector)
 from trainables.device import pick_device
 from trainables.errors import UserInputError
 from trainables.gan import make_config as gan_config, train_gan_stage1, train_gan_stage2
@@ -60,6 +61,7 @@ NEVER = 10 ** 9   # a step or tick count no benchmark reaches: the minute budget
 KINDS = ("detector", "gan_stage1", "gan_stage2", "classifier")   # the step kinds of platform/cost.py
 VS_DRAEM = "detector_vs_draem"   # needs --draem-src; not a cost-model kind
 INPUT = ("synthesis", "pipeline")   # the detector's input: synthesis alone; steps in line vs in loader processes
+FLOPS = "flops"   # the detector step's FLOPs alone, counted and not timed (the detector kind includes them)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--seconds", type=float, default=30, help="training time per trainer (default: %(default)s)")
     parser.add_argument("--category", default="bolt", help="embedded category (default: %(default)s)")
-    parser.add_argument("--only", nargs="+", choices=KINDS + INPUT + (VS_DRAEM,), help="time only these")
+    parser.add_argument("--only", nargs="+", choices=KINDS + INPUT + (FLOPS, VS_DRAEM),
+                        help="time only these")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override one detector config field (e.g. r_base=32); repeatable")
     parser.add_argument("--draem-src", type=Path, metavar="DIR",
@@ -92,6 +95,8 @@ def main(argv=None) -> int:
     if VS_DRAEM in kinds:
         cfg = detector_config(args.preset, {**detector_common, "df": False, "lk": False})
         comparison = _draem_comparison(cfg, _load_draem(args.draem_src), args.seconds, device)
+    if FLOPS in kinds and "detector" not in kinds:
+        extra["flops"] = {"gflop_per_step": round(step_flop(detector_config(args.preset, detector_common)) / 1e9, 4)}
     with tempfile.TemporaryDirectory(prefix="bench-") as folder:
         if "detector" in kinds:
             cfg = detector_config(args.preset, {**detector_common, "epochs": NEVER, "minutes": minutes,
@@ -125,14 +130,16 @@ def main(argv=None) -> int:
                                                 "n_pictures": 0, "loader_workers": workers})
             by_workers[str(workers)] = _per_step(train_detector(cfg, _quiet), "step")
         extra["detector_s_per_step_by_loader_workers"] = by_workers
-    if "flops" in extra and "synthesis_samples_per_s" in extra:
+    if "s_per_step_compute" in extra.get("flops", {}) and "synthesis_samples_per_s" in extra:
         extra["input"] = _input_supply(detector_config(args.preset, detector_common), extra, device)
 
     threads = torch.get_num_threads()
     for kind, seconds in figures.items():
         print(f"{kind:<11} {args.preset} on {device}, {threads} thread(s): {seconds:.4f} s/step", file=sys.stderr)
-    if "flops" in extra:
-        f = extra["flops"]
+    f = extra.get("flops", {})
+    if "gflop_per_step" in f and "matmul_peak_gflops" not in f:
+        print(f"detector   {args.preset}: {f['gflop_per_step']:.3f} GFLOP/step (counted, not timed)", file=sys.stderr)
+    if "matmul_peak_gflops" in f:
         print(f"detector   {f['gflop_per_step']:.3f} GFLOP/step: {f['gflops_step']:.2f} GFLOP/s as trained "
               f"({f['share_of_peak_step']:.1%} of peak), {f['gflops_compute']:.2f} GFLOP/s on a fixed batch "
               f"({f['share_of_peak_compute']:.1%} median step, {f['share_of_peak_compute_best']:.1%} fastest); "
@@ -187,8 +194,6 @@ def _flops(cfg, s_per_step: float, device: str, seconds: float) -> dict:
     achieved GFLOP/s as trained (`s_per_step`, input synthesis included) and on a fixed batch
     (compute only: the median step, and the fastest, measured like the peak), and the float32
     matmul peak of this process (the fastest of repeated matmuls, `_matmul_peak`)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     from trainables.detector.train import load_vgg_state
 
     batch = _first_batch(cfg)
@@ -203,10 +208,7 @@ def _flops(cfg, s_per_step: float, device: str, seconds: float) -> dict:
         # float(loss) at its end syncs a GPU
         return lambda: _train_step(cfg, batch, R, D, F, loss_fn, optimizer, torch.device(device))
 
-    with FlopCounterMode(display=False, custom_mapping={torch.ops.aten.convolution_backward: conv_backward_flop}) \
-            as counter:
-        make_step(dataclasses.replace(cfg, lk_weight_grad="direct"))()
-    flop = counter.get_total_flops()
+    flop = step_flop(cfg)
     step = make_step(cfg)
     step()   # warm-up: allocator, kernels
     times, began = [], time.perf_counter()
@@ -227,6 +229,26 @@ def _flops(cfg, s_per_step: float, device: str, seconds: float) -> dict:
         convs = _conv_seconds(step)
         out.update(s_per_step_convs=round(convs, 4), share_of_peak_convs=round(flop / convs / 1e9 / peak, 4))
     return out
+
+
+def step_flop(cfg) -> int:
+    """FLOPs of one forward and backward of the detector's step at cfg's batch shape, counted on
+    torch's meta device: the networks and the batch are shapes only and nothing is computed, so
+    the paper preset's count takes seconds on any machine. Every convolution is counted as
+    computed directly (`lk_weight_grad=direct`); the weights' values do not change the count."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    cfg = dataclasses.replace(cfg, lk_weight_grad="direct")
+    S, B = cfg.img_size, cfg.batch_size
+    with torch.device("meta"):
+        nets = build_networks(cfg)
+        batch = {"I": torch.empty(B, 3, S, S), "I_a": torch.empty(B, 3, S, S), "M": torch.empty(B, 1, S, S)}
+    set_train_modes(cfg, nets)
+    F = nets["F"] if cfg.df else None
+    with FlopCounterMode(display=False, custom_mapping={torch.ops.aten.convolution_backward: conv_backward_flop}) \
+            as counter:
+        _loss_terms(cfg, batch, nets["R"], nets["D"], F, build_loss(cfg), torch.device("meta"))["total"].backward()
+    return counter.get_total_flops()
 
 
 def _conv_seconds(step, steps: int = 3) -> float:

@@ -212,3 +212,26 @@ def test_bench_counts_a_grouped_convs_backward_once_per_gradient(groups):
     with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
         conv(x).sum().backward()
     assert counter.get_total_flops() == 2 * 2 * multiply_adds
+
+
+def test_bench_counts_the_detector_steps_flops_on_meta_tensors_as_on_real_ones(capsys):
+    """`step_flop` counts on shapes only; a step computed on the CPU, with its real batch and
+    weights, counts the same, and `--only flops` prints it without timing anything."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from platform import bench
+    from trainables.detector.config import make_config
+    from trainables.detector.train import _train_step, build_loss, build_networks, make_optimizer
+
+    cfg = make_config("tiny", {"category": "bolt", "lk_weight_grad": "direct"})
+    nets = build_networks(cfg)
+    R, D, F = nets["R"], nets["D"], nets["F"]
+    mapping = {torch.ops.aten.convolution_backward: bench.conv_backward_flop}
+    with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+        _train_step(cfg, bench._first_batch(cfg), R, D, F, build_loss(cfg), make_optimizer(cfg, [R, D, F]),
+                    torch.device("cpu"))
+    assert bench.step_flop(cfg) == counter.get_total_flops() > 0
+    assert bench.main(["--preset", "tiny", "--only", "flops"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["s_per_step"] == {} and out["flops"] == {"gflop_per_step": round(counter.get_total_flops() / 1e9, 4)}

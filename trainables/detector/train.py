@@ -264,6 +264,15 @@ def make_optimizer(cfg: DetectorConfig, trained: list[nn.Module]) -> torch.optim
 
 
 def _train_step(cfg, batch, R, D, F, loss_fn, optimizer, device) -> dict[str, float]:
+    terms = _loss_terms(cfg, batch, R, D, F, loss_fn, device)
+    optimizer.zero_grad(set_to_none=True)
+    terms["total"].backward()
+    optimizer.step()
+    return {name: float(value.detach()) for name, value in terms.items()}
+
+
+def _loss_terms(cfg, batch, R, D, F, loss_fn, device) -> dict[str, torch.Tensor]:
+    """The forward pass of a step: the loss terms of `batch`, `total` the one minimised."""
     # channels-last: R, D and F run NHWC, about a fifth faster on CPU than NCHW (docs/detector.md §4.6)
     I, I_a, M = (batch[k].to(device, memory_format=torch.channels_last, non_blocking=True) for k in ("I", "I_a", "M"))
     I_r = R(I_a)
@@ -274,11 +283,7 @@ def _train_step(cfg, batch, R, D, F, loss_fn, optimizer, device) -> dict[str, fl
         features_r = F(I_r)  # F's weights are frozen in copy mode; the gradient still reaches I_r and R
         with torch.no_grad():
             features_t = F(I)
-    terms = loss_fn(I, I_r, P, M, features_r, features_t)
-    optimizer.zero_grad(set_to_none=True)
-    terms["total"].backward()
-    optimizer.step()
-    return {name: float(value.detach()) for name, value in terms.items()}
+    return loss_fn(I, I_r, P, M, features_r, features_t)
 
 
 def _progress_metrics(cfg, sums, step, steps_per_epoch, world, train_seconds, steps_per_s, optimizer) -> dict:
