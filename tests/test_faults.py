@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from platform import tracking
 
@@ -244,6 +245,32 @@ def test_sigkill_of_a_trial_worker_resumes_it_in_the_same_run(tmp_path):
     assert_store(uri, NAMES, "FINISHED", "FINISHED")
     complete_tables(uri)
     print(f"killed {len(trials)} trial worker(s); reports re-done: {redone_reports(tmp_path / 'storage')}")
+
+
+def test_a_checkpoint_cut_short_in_storage_is_passed_over_on_resume(tmp_path):
+    """A trial killed while Ray copied its checkpoint into storage leaves a newer folder with a
+    file cut short: the sweep resumes from the newest whole one (a fresh-clone run of the next
+    test failed its resumed trial on a 1 MiB checkpoint.pt), locally and through a URI."""
+    from platform import storage
+    from trainables.checkpoint import save_checkpoint
+    from trainables.ray_adapter import REPORTS_FILE
+
+    trial = tmp_path / "ablation" / "t"
+    folders = [trial / f"checkpoint_{k:06d}" for k in range(4)]
+    for k, folder in enumerate(folders):
+        save_checkpoint(folder, {"step": k, "w": torch.randn(256, 256)})
+        (folder / REPORTS_FILE).write_text(json.dumps([{"report_index": k + 1}]))
+        os.utime(folder, (1000 + k, 1000 + k))  # folder k is the k-th newest but one
+    whole = (folders[1] / "checkpoint.pt").read_bytes()
+    (folders[2] / "checkpoint.pt").write_bytes(whole[:len(whole) // 2])   # cut short
+    (folders[3] / REPORTS_FILE).write_text('[{"report_index": 4')           # cut short
+    for root in (str(tmp_path), f"file://{tmp_path}"):
+        assert storage.latest_checkpoint(root, "ablation", "t").endswith("checkpoint_000001"), root
+    (folders[3] / REPORTS_FILE).unlink()  # not copied yet
+    assert storage.latest_checkpoint(str(tmp_path), "ablation", "t").endswith("checkpoint_000001")
+    (folders[3] / REPORTS_FILE).write_text("[]")
+    assert storage.latest_checkpoint(str(tmp_path), "ablation", "t").endswith("checkpoint_000003")
+    assert storage.latest_checkpoint(str(tmp_path), "ablation", "other") is None
 
 
 def test_driver_sigkill_then_resume_runs_only_the_unfinished_trials(tmp_path):
