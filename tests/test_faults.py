@@ -260,7 +260,7 @@ def test_a_checkpoint_cut_short_in_storage_is_passed_over_on_resume(tmp_path):
     for k, folder in enumerate(folders):
         save_checkpoint(folder, {"step": k, "w": torch.randn(256, 256)})
         (folder / REPORTS_FILE).write_text(json.dumps([{"report_index": k + 1}]))
-        os.utime(folder, (1000 + k, 1000 + k))  # folder k is the k-th newest but one
+        os.utime(folder, (1000 + k, 1000 + k))  # each folder newer than the one before
     whole = (folders[1] / "checkpoint.pt").read_bytes()
     (folders[2] / "checkpoint.pt").write_bytes(whole[:len(whole) // 2])   # cut short
     (folders[3] / REPORTS_FILE).write_text('[{"report_index": 4')           # cut short

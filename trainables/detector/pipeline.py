@@ -1,8 +1,8 @@
 """Input pipeline of the detector: synthetic-anomaly batches made off the training thread.
 
-Anomaly synthesis (synthesis.py, numpy, one sample at a time) makes about 160 samples/s at
-256 px on one CPU core (`python -m platform.bench`, docs/detector.md §4.6): 0.05 s per batch
-of 8, which an accelerator's step would wait for if it ran in line (the benchmark's `input` line says how
+Anomaly synthesis (synthesis.py, numpy, one sample at a time) makes 136-164 samples/s at
+256 px on one CPU core (`python -m platform.bench`, docs/detector.md §4.6): 0.05-0.06 s per
+batch of 8, which an accelerator's step would wait for if it ran in line (the benchmark's `input` line says how
 many loader processes hide it on a given machine). `batches(...)` yields the batches of steps
 `start, start + 1, ...` either in line (`workers=0`) or from a torch DataLoader whose worker
 processes each make every `workers`-th step and prefetch ahead. Either way the batch of step
