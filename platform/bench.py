@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from platform.cli import run_main
 from trainables.checkpoint import persist
@@ -252,17 +253,35 @@ def step_flop(cfg) -> int:
 
 
 def _conv_seconds(step, steps: int = 3) -> float:
-    """Seconds per step inside the convolution kernels (forward, backward, and the FFTs of the
-    large kernels' weight gradients), by torch's profiler on CPU: the counted FLOPs over this
-    time is the share of peak the step would reach if nothing else took any time."""
-    from torch.profiler import ProfilerActivity, profile
-
-    kernels = {"aten::mkldnn_convolution", "aten::convolution_backward", "aten::_fft_r2c", "aten::_fft_c2r"}
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    """Seconds per step inside the convolutions (forward, backward, and the FFTs of the large
+    kernels' weight gradients) on CPU, where each op returns when its kernel is done: the counted
+    FLOPs over this time is the share of peak the step would reach if nothing else took any time.
+    Each op is timed as it is dispatched (`_OpTimer`), its output's allocation included; torch's
+    profiler gives the same figure within run-to-run noise, but its kineto logs an ERROR line
+    ("gpuGetDeviceCount failed") on every machine without a GPU."""
+    timer = _OpTimer({torch.ops.aten.convolution.default, torch.ops.aten.convolution_backward.default,
+                      torch.ops.aten._fft_r2c.default, torch.ops.aten._fft_c2r.default})
+    with timer:
         for _ in range(steps):
             step()
-    micros = sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in kernels)
-    return micros / 1e6 / steps
+    return timer.seconds / steps
+
+
+class _OpTimer(TorchDispatchMode):
+    """Adds up the wall-clock seconds spent in the given aten ops while active, backward's
+    included (the autograd engine runs a CPU backward on the calling thread, in this mode)."""
+
+    def __init__(self, ops: set):
+        super().__init__()
+        self.ops, self.seconds = ops, 0.0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func not in self.ops:
+            return func(*args, **(kwargs or {}))
+        start = time.perf_counter()
+        out = func(*args, **(kwargs or {}))
+        self.seconds += time.perf_counter() - start
+        return out
 
 
 def conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,

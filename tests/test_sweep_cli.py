@@ -138,6 +138,7 @@ def test_bench_times_a_step_of_every_trainer_the_cost_model_knows():
     assert figures["preset"] == "tiny" and figures["threads"] == 1
     assert set(figures["s_per_step"]) == set(STEP_SECONDS) and all(v > 0 for v in figures["s_per_step"].values())
     assert figures["flops"]["matmul_by"] in ("torch.mm", "a 1x1 conv")   # on CPU the faster library's product
+    assert figures["flops"]["s_per_step_convs"] > 0 and "ERROR" not in result.stderr   # no profiler's log lines
     supply = figures["input"]   # the input against the step: how many loader processes hide synthesis
     assert supply["s_per_step_compute"] == figures["flops"]["s_per_step_compute"]
     assert supply["loader_workers_needed"] >= 1 and supply["loader_workers_default"] == 0   # a CPU: in line
@@ -212,6 +213,25 @@ def test_bench_counts_a_grouped_convs_backward_once_per_gradient(groups):
     with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
         conv(x).sum().backward()
     assert counter.get_total_flops() == 2 * 2 * multiply_adds
+
+
+def test_bench_times_the_convolutions_of_forward_and_backward():
+    """The op timer behind "its convolutions alone" sees the ops that the autograd engine runs
+    in backward, and only the ops it is given."""
+    import torch
+
+    from platform.bench import _OpTimer
+
+    conv = torch.nn.Conv2d(8, 8, 3, padding=1)
+    x = torch.randn(2, 8, 32, 32)
+    backward = _OpTimer({torch.ops.aten.convolution_backward.default})
+    with backward:
+        conv(x).sum().backward()
+    assert backward.seconds > 0
+    with backward, torch.no_grad():
+        before = backward.seconds
+        conv(x)
+    assert backward.seconds == before   # a forward only: no backward op ran
 
 
 def test_bench_counts_the_detector_steps_flops_on_meta_tensors_as_on_real_ones(capsys):
