@@ -101,7 +101,7 @@ def build_and_log(tracking_uri: str, parent_run_id: str, out_dir: Path | None = 
     trials = [_trial(run) for run in tracking.children(tracking_uri, parent_run_id)]
     planned = None
     if any(f.path == "plan.json" for f in client.list_artifacts(parent_run_id)):
-        plan = json.loads(Path(client.download_artifacts(parent_run_id, "plan.json")).read_text())
+        plan = tracking.read_json(client, parent_run_id, "plan.json")
         planned = [Planned.from_dict(entry) for entry in plan]
     built = build(parent.data.tags.get("sweep_kind", "ablation"), trials, parent.data.tags.get("dataset", "?"),
                   planned)

@@ -44,6 +44,10 @@ from trainables.errors import UserInputError
 from platform.writer import STEP_METRIC, RunRef, Writer
 from trainables.ray_adapter import RESENT, USER_ERROR
 
+# the sweep prints its own progress: MLflow's download bars ("Downloading artifacts: 100%|...")
+# would land on stderr each time the driver reads a sweep's record or plan back
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
 DEFAULT_EXPERIMENT = "defect-sweeps"
 TRIAL_NAME_TAG = "trial_name"
 SWEEP_ID_TAG = "sweep_id"
@@ -157,7 +161,16 @@ def parent_record(tracking_uri: str, sweep_id: str) -> dict | None:
     parent = find_parent(tracking_uri, sweep_id)
     if parent is None:
         return None
-    return json.loads(Path(client(tracking_uri).download_artifacts(parent.info.run_id, "sweep.json")).read_text())
+    return read_json(client(tracking_uri), parent.info.run_id, "sweep.json")
+
+
+def read_json(mlflow_client, run_id: str, path: str):
+    """A JSON artifact of a run, read through a temporary folder that is removed after (MLflow's
+    own download folder would be left behind in the system's temp dir on every call)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="defect-sweeps-") as folder:
+        return json.loads(Path(mlflow_client.download_artifacts(run_id, path, dst_path=folder)).read_text())
 
 
 def close_parent(tracking_uri: str, parent_run_id: str, status: str, metrics: dict[str, float]) -> None:
