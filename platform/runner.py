@@ -10,6 +10,7 @@ summary is the CLI's to print (platform/sweep.py).
 """
 
 import dataclasses
+import logging
 import os
 import signal
 import sys
@@ -107,7 +108,12 @@ class Signals:
     """SIGINT and SIGTERM (Ctrl-C, `kill`, `ray job stop`) stop a sweep cleanly: the first one
     asks Tune to end its loop (Tune's own SIGUSR1 handler; its SIGINT handler is turned off, since
     it would count the interruption as the end of the sweep), a second one stops at once. Either
-    way the runner ends every open run KILLED and returns which trials are unfinished."""
+    way the runner ends every open run KILLED and returns which trials are unfinished.
+    Once stopped, Tune's own warnings about it are dropped: they tell the user to resume with
+    `Tuner.restore(...)` and list the trials that have no results yet, where the sweep prints
+    its `--resume` command and its unfinished trials."""
+
+    TUNE_LOGGERS = ("ray.tune.tune", "ray.tune.analysis.experiment_analysis")
 
     def __init__(self):
         self.signum: int | None = None
@@ -118,11 +124,18 @@ class Signals:
         os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
         for signum in (signal.SIGINT, signal.SIGTERM):
             self._previous[signum] = signal.signal(signum, self._handle)
+        for name in self.TUNE_LOGGERS:
+            logging.getLogger(name).addFilter(self._before_stop)
         return self
 
     def __exit__(self, *exc):
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
+        for name in self.TUNE_LOGGERS:
+            logging.getLogger(name).removeFilter(self._before_stop)
+
+    def _before_stop(self, record: logging.LogRecord) -> bool:
+        return self.signum is None or record.levelno >= logging.ERROR
 
     def _handle(self, signum, frame):
         if self.signum is None:

@@ -207,6 +207,7 @@ def test_signal_stops_the_sweep_as_killed_and_the_same_command_completes_it(tmp_
     print(f"{signal.Signals(signum).name}: exit {rc} after {time.monotonic() - began:.1f} s")
     assert rc == 128 + signum, out[-3000:]
     assert "interrupted" in out and "continue it with: python -m platform.sweep ablation --resume" in out
+    assert "Tuner.restore" not in out   # Tune's own resume advice would not resume the sweep
     assert_store(uri, NAMES, "KILLED", "KILLED")
     assert not descendants(driver.pid)
 
