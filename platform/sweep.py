@@ -329,11 +329,13 @@ def checkpoint_text(sweep: Sweep) -> str:
         return "checkpoints: none with model weights"
     name = max(sizes, key=lambda n: sizes[n].written)
     one = sizes[name]
+    minutes = next(getattr(t.cfg, "checkpoint_minutes", None) for t in sweep.plan.trials if t.name == name)
+    rule = ("the final one only" if minutes is None else "one at every report, plus the final" if minutes == 0
+            else f"one every {minutes:g} min (checkpoint_minutes) over its expected time, plus the final")
     total = {key: sum(getattr(b, key) * repeat[n] for n, b in sizes.items()) for key in ("written", "kept", "mlflow")}
     mlflow = "full checkpoint" if sweep.log_full_checkpoint else "final weights only"
     return (f"checkpoints: per trial up to {_bytes(one.written)} written to storage ({one.checkpoints} x "
-            f"{_bytes(one.written // one.checkpoints)}: every checkpoint_minutes over its expected time, plus the "
-            f"final), {_bytes(one.kept)} kept there, {_bytes(one.mlflow)} in MLflow ({mlflow}); sweep: "
+            f"{_bytes(one.written // one.checkpoints)}: {rule}), {_bytes(one.kept)} kept there, {_bytes(one.mlflow)} in MLflow ({mlflow}); sweep: "
             f"{_bytes(total['written'])} written, {_bytes(total['kept'])} kept in storage, {_bytes(total['mlflow'])} "
             f"in MLflow (pictures not counted)")
 

@@ -40,7 +40,7 @@ def test_dry_run_of_the_full_paper_setting_starts_nothing(tmp_path, capsys):
     # checkpoints every 10 minutes over a trial's 42.8 expected minutes (4) plus the final one, not
     # one per epoch; MLflow keeps the final weights only
     checkpoints = next(line for line in lines if line.startswith("checkpoints:"))
-    assert "(5 x 1.7 GB" in checkpoints and "final weights only" in checkpoints
+    assert "(5 x 1.7 GB: one every 10 min" in checkpoints and "final weights only" in checkpoints
 
 
 def test_cost_model_counts_each_trainers_own_steps_and_budgets():
