@@ -335,9 +335,9 @@ def checkpoint_text(sweep: Sweep) -> str:
     total = {key: sum(getattr(b, key) * repeat[n] for n, b in sizes.items()) for key in ("written", "kept", "mlflow")}
     mlflow = "full checkpoint" if sweep.log_full_checkpoint else "final weights only"
     return (f"checkpoints: per trial up to {_bytes(one.written)} written to storage ({one.checkpoints} x "
-            f"{_bytes(one.written // one.checkpoints)}: {rule}), {_bytes(one.kept)} kept there, {_bytes(one.mlflow)} in MLflow ({mlflow}); sweep: "
-            f"{_bytes(total['written'])} written, {_bytes(total['kept'])} kept in storage, {_bytes(total['mlflow'])} "
-            f"in MLflow (pictures not counted)")
+            f"{_bytes(one.written // one.checkpoints)}: {rule}), {_bytes(one.kept)} kept there, "
+            f"{_bytes(one.mlflow)} in MLflow ({mlflow}); sweep: {_bytes(total['written'])} written, "
+            f"{_bytes(total['kept'])} kept in storage, {_bytes(total['mlflow'])} in MLflow (pictures not counted)")
 
 
 def _bytes(n: float) -> str:
