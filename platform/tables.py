@@ -2,10 +2,11 @@
 
 Input: a sweep's parent run, its plan (`plan.json`: every planned trial's category, group,
 seed and switches) and its child runs (final metrics under their stable names; a metric that
-could not be computed is a tag "unavailable"). Tables are laid out from the plan, not from the
-runs that happen to exist: a planned trial that did not finish is a missing cell (–), and a
-mean says over how many of the planned (category, seed) pairs it is taken (n/N). Seeds are
-matched by their number, never by position. Output, by sweep kind:
+could not be computed is a tag "unavailable", with the trainer's reason beside it as
+`<metric>_note`, which a table showing "unavailable" repeats under itself). Tables are laid
+out from the plan, not from the runs that happen to exist: a planned trial that did not finish
+is a missing cell (–), and a mean says over how many of the planned (category, seed) pairs it
+is taken (n/N). Seeds are matched by their number, never by position. Output, by sweep kind:
 
 - ablation: per metric (image AUROC, pixel AUROC, pixel AP, image AP), a category x ablation-row
   table of seed means with a mean row, and the same as mean ± std over seeds; the summary in
@@ -87,6 +88,7 @@ class Trial:
     values: dict                 # metric -> float, or "unavailable"
     run_id: str = ""
     skipped: str = ""            # why it never ran (a trial it needs failed), from its run's tag
+    why_unavailable: dict = field(default_factory=dict)   # metric -> the trainer's note (how to provision)
 
 
 # ---------------------------------------------------------------- entry points
@@ -156,6 +158,16 @@ def build(kind: str, trials: list[Trial], dataset: str, planned: list["Planned"]
             table.notes.append(f"{len(unfinished)} of {len(planned)} planned trials did not finish "
                                f"({', '.join(unfinished[:5])}{', ...' if len(unfinished) > 5 else ''}); their "
                                f"cells are missing ({MISSING}) and means say over how many they are taken (n/N).")
+    # each distinct reason a metric is 'unavailable' (missing pretrained weights), under every
+    # table that shows the word: the trainers' own notes say how to provision the weights
+    reasons: dict[str, set[str]] = {}
+    for trial in trials:
+        for metric, note in trial.why_unavailable.items():
+            reasons.setdefault(note, set()).add(metric)
+    for table in tables:
+        if reasons and table.frame.astype(str).eq(UNAVAILABLE).any().any():
+            table.notes += [f"{UNAVAILABLE} ({', '.join(sorted(metrics))}): {note}"
+                            for note, metrics in reasons.items()]
     skipped = [t for t in trials if t.skipped]
     if skipped:
         for table in tables:
@@ -533,10 +545,11 @@ def _fmt_value(value) -> str:
 def _trial(run) -> Trial:
     params, tags, metrics = run.data.params, run.data.tags, run.data.metrics
     values = {**{k: v for k, v in tags.items() if v == UNAVAILABLE}, **metrics}
+    why = {k: tags[f"{k}_note"] for k, v in values.items() if v == UNAVAILABLE and f"{k}_note" in tags}
     return Trial(name=tags.get("trial_name", run.info.run_name), category=params.get("category", "?"),
                  group=params.get("group", tags.get("group", "?")), seed=int(params.get("seed", 0)),
                  status=run.info.status, params=params, values=values, run_id=run.info.run_id,
-                 skipped=tags.get("skipped", ""))
+                 skipped=tags.get("skipped", ""), why_unavailable=why)
 
 
 def _ordered_groups(planned: list[Planned]) -> list[str]:

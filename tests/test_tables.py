@@ -142,10 +142,13 @@ def test_missing_and_unavailable_cells_are_marked(store):
     children = ablation_children()
     children[0]["status"] = "FAILED"              # weave row 2 seed 0
     del children[2]["metrics"]["pixel_AUROC"]     # weave row 7 seed 0: could not be computed
-    children[2]["tags"] = {"pixel_AUROC": "unavailable", "pixel_AUROC_note": "test"}
+    children[2]["tags"] = {"pixel_AUROC": "unavailable", "pixel_AUROC_note": "weights absent: run this"}
     built = by_name(tables.build_and_log(store, make_sweep(store, "ablation", children)))
     pixel = built["ablation_pixel_AUROC"].frame
     assert pixel.loc["weave", "row 7"] == "unavailable" and pixel.loc["mean", "row 7"] == "unavailable"
+    # the trainer's note says why, under the tables that show 'unavailable' only
+    assert "unavailable (pixel_AUROC): weights absent: run this" in built["ablation_pixel_AUROC"].markdown()
+    assert "weights absent" not in built["ablation_image_AUROC"].markdown()
     assert pixel.loc["bolt", "row 7"] == "90.00"
     auroc = built["ablation_image_AUROC"].frame
     assert auroc.loc["weave", "row 2"] == f"{100 * 0.521:.2f} (1/2)"  # seed 1 only
