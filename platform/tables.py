@@ -89,6 +89,7 @@ class Trial:
     run_id: str = ""
     skipped: str = ""            # why it never ran (a trial it needs failed), from its run's tag
     why_unavailable: dict = field(default_factory=dict)   # metric -> the trainer's note (how to provision)
+    classifier_from_scratch: str = ""   # the classification protocol's note when its ResNet-34 had no ImageNet weights
 
 
 # ---------------------------------------------------------------- entry points
@@ -477,8 +478,13 @@ def classify_tables(planned: list[Planned], runs: dict[str, Trial]) -> list[Tabl
         rows[category] = [_fmt_cell(cells[part]) for part in partitions] + [_fmt_pm(means or None)]
     frame = pd.DataFrame.from_dict(rows, orient="index", columns=[f"P{p + 1} Acc" for p in partitions] + ["mean ± std"])
     frame.index.name = "category"
+    finished = [runs[p.name] for p in planned if p.name in runs]
+    scratch = [t.classifier_from_scratch for t in finished if t.classifier_from_scratch]
+    notes = [f"ResNet-34 without ImageNet weights in {len(scratch)} of {len(finished)} runs: not the protocol's "
+             f"pretrained classifier (docs/dfmgan.md §6), so not comparable with Table 2. {note}"
+             for note in dict.fromkeys(scratch)]
     return [Table("classification_accuracy", "Defect classification accuracy (%) per partition (Table 2 layout)",
-                  frame)]
+                  frame, notes)]
 
 
 def _merged(cells: dict[tuple[str, str], "Cell"]) -> "Cell":
@@ -549,7 +555,9 @@ def _trial(run) -> Trial:
     return Trial(name=tags.get("trial_name", run.info.run_name), category=params.get("category", "?"),
                  group=params.get("group", tags.get("group", "?")), seed=int(params.get("seed", 0)),
                  status=run.info.status, params=params, values=values, run_id=run.info.run_id,
-                 skipped=tags.get("skipped", ""), why_unavailable=why)
+                 skipped=tags.get("skipped", ""), why_unavailable=why,
+                 classifier_from_scratch=(tags.get("classifier_init_note", "")
+                                          if tags.get("classifier_init") == "scratch" else ""))
 
 
 def _ordered_groups(planned: list[Planned]) -> list[str]:

@@ -203,6 +203,11 @@ def test_classification_accuracy_per_partition(store):
     frame = built["classification_accuracy"].frame
     assert list(frame.columns) == ["P1 Acc", "P2 Acc", "P3 Acc", "mean ± std"]
     assert list(frame.loc["bolt"]) == ["80.00", "70.00", "90.00", "80.00 ± 10.00"]
+    assert "ImageNet" not in built["classification_accuracy"].markdown()   # every classifier had its weights
+
+    children[1]["tags"] = {"classifier_init": "scratch", "classifier_init_note": "trained from scratch: fetch it"}
+    table = by_name(tables.build_and_log(store, make_sweep(store, "classify", children)))["classification_accuracy"]
+    assert "without ImageNet weights in 1 of 3 runs" in table.markdown() and "fetch it" in table.markdown()
 
 
 def test_report_finds_a_sweep_by_id_only(store, capsys):
