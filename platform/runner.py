@@ -154,6 +154,7 @@ def run(sweep: Sweep) -> Outcome:
     from platform import tables, tracking, tuner, ui_view
     from platform.writer import Writer
     from trainables.data import resolve_data
+    from trainables.detector.train import required_weights
 
     for where in storage.in_job_dir(sweep.storage, sweep.tracking_uri):
         print(f"warning: {where} is inside this job's temporary working dir; pass --storage / --tracking-uri "
@@ -174,8 +175,10 @@ def run(sweep: Sweep) -> Outcome:
             grows = f", up to {fmt(ceiling)} with the autoscaler" if ceiling else ""
             print(f"concurrency: {sizing.concurrent} trials at once ({fmt(sizing.resources.need())} each; "
                   f"cluster {fmt(now)} now{grows})")
-            if sweep.plan.data != "embedded":
-                check_data_on_nodes(sweep.plan.data, [t.category for t in sweep.plan.trials])
+            weights = sorted({(name, t.cfg.weights_dir) for t in sweep.plan.trials if t.method == "detector"
+                              for name in required_weights(t.cfg)}, key=str)
+            if sweep.plan.data != "embedded" or weights:
+                check_nodes(sweep.plan.data, [t.category for t in sweep.plan.trials], weights)
             storage.write_record(sweep.storage, sweep.sweep_id, sweep.record())
             experiment = tracking.experiment_id(sweep.tracking_uri, sweep.experiment)  # the store, once, before trials
             parent = tracking.open_parent(sweep.tracking_uri, sweep.experiment, sweep.sweep_id,
@@ -222,27 +225,43 @@ class SweepFailed(RuntimeError):
     """The sweep cannot go on (the tracking store stayed away); the message says what to do."""
 
 
-def check_data_on_nodes(data: str, categories: list[str]) -> None:
+def check_nodes(data: str, categories: list[str], weights: list[tuple[str, str | None]]) -> None:
     """UserInputError, before any trial starts, when a node that can run trials cannot read the
-    dataset folder (a path that exists only on the driver's machine). Nodes the autoscaler adds
-    later are checked by the trainers themselves (their error names the path)."""
+    dataset folder (a path that exists only on the driver's machine), or lacks pretrained weights
+    that trials cannot train without (`weights`: (name, weights_dir) pairs, from the trainers'
+    `required_weights`). Nodes the autoscaler adds later are checked by the trainers themselves
+    (their errors name the path, or the file and how to provision it)."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     @ray.remote(num_cpus=0)
-    def missing(path: str, names: list[str]) -> list[str]:
-        root = Path(path)
-        return [str(root / name) for name in names if not (root / name / "train").is_dir()] \
-            if root.is_dir() else [path]
+    def problem(path: str, names: list[str], weights: list[tuple[str, str | None]]) -> tuple[str, str] | None:
+        from trainables.errors import WeightsUnavailable
+        from trainables.weights import resolve_weights
+
+        if path != "embedded":
+            root = Path(path)
+            absent = [str(root / name) for name in names if not (root / name / "train").is_dir()] \
+                if root.is_dir() else [path]
+            if absent:
+                return "data", absent[0]
+        for name, weights_dir in weights:
+            try:
+                resolve_weights(name, weights_dir)
+            except WeightsUnavailable as error:
+                return "weights", str(error)
+        return None
 
     nodes = [n for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) > 0]
-    checks = {n["NodeManagerAddress"]: missing.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
-        n["NodeID"], soft=False)).remote(data, sorted(set(categories))) for n in nodes}
+    checks = {n["NodeManagerAddress"]: problem.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+        n["NodeID"], soft=False)).remote(data, sorted(set(categories)), weights) for n in nodes}
     for address, ref in checks.items():
-        absent = ray.get(ref, timeout=120)
-        if absent:
-            raise UserInputError(f"--data {data}: the node at {address} cannot read {absent[0]}; expected the "
+        found = ray.get(ref, timeout=120)
+        if found and found[0] == "data":
+            raise UserInputError(f"--data {data}: the node at {address} cannot read {found[1]}; expected the "
                                  f"dataset at the same absolute path on every node (a shared filesystem)")
+        if found:
+            raise UserInputError(f"the node at {address}: {found[1]}")
 
 
 def _parent_params(sweep: Sweep) -> dict:

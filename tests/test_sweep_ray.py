@@ -264,3 +264,30 @@ def test_sweeps_on_a_user_dataset_on_disk(ray_runtime, tmp_path, monkeypatch, ca
     assert all(r.data.params["data"] == str(data) for r in runs.values())
     assert stage2.data.params["stage1"].startswith(str(tmp_path / "storage"))  # stage 1's checkpoint
     assert stage2.data.params["defect"] == "dent" and 0 <= stage2.data.metrics["mask_coverage_ok"] <= 1
+
+
+def test_weights_a_trial_cannot_train_without_are_checked_on_every_node_first(ray_runtime, tmp_path):
+    """df_source=vgg19 cannot train without VGG19's ImageNet weights: a node that lacks them is
+    one error line, saying how to provision them, before any trial starts or anything is written."""
+    from trainables.errors import WeightsUnavailable
+    from trainables.weights import resolve_weights, weight_url
+
+    weights_dir = tmp_path / "weights"
+    weights_dir.mkdir()
+    try:
+        resolve_weights("vgg19", weights_dir)
+        pytest.skip("VGG19's weights are provisioned on this machine")
+    except WeightsUnavailable:
+        pass
+    argv = ["ablation", "--categories", "weave", "--rows", "7", "--preset", "tiny", "--set", "df_source=vgg19",
+            "--set", f"weights_dir={weights_dir}", "--storage", str(tmp_path / "storage"),
+            "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    with pytest.raises(runner.UserInputError, match=r"^the node at \S+: pretrained weights 'vgg19' not provisioned: "
+                                                 r".*python -m platform.weights fetch vgg19"):
+        sweep.main(argv)
+    assert not (tmp_path / "storage").exists() and not (tmp_path / "mlflow.db").exists()
+
+    (weights_dir / Path(weight_url("vgg19")).name).touch()   # the file the trainer would load: the check passes
+    runner.check_nodes("embedded", ["weave"], [("vgg19", str(weights_dir))])
+    with pytest.raises(runner.UserInputError, match="cannot read"):
+        runner.check_nodes(str(tmp_path / "nowhere"), ["weave"], [])

@@ -97,9 +97,15 @@ def build_loss(cfg: DetectorConfig) -> DetectorLoss:
                         cfg.df_normalize)
 
 
+def required_weights(cfg: DetectorConfig) -> list[str]:
+    """The pretrained weights (trainables/weights.py names) this config cannot train without:
+    VGG19 for df_source=vgg19. The sweep checks every node for them before a trial starts."""
+    return ["vgg19"] if cfg.df and cfg.df_source == "vgg19" else []
+
+
 def load_vgg_state(cfg: DetectorConfig) -> dict | None:
     """VGG19 `features` weights for df_source=vgg19; WeightsUnavailable (a UserInputError) if absent."""
-    if not (cfg.df and cfg.df_source == "vgg19"):
+    if "vgg19" not in required_weights(cfg):
         return None
     from trainables.weights import resolve_weights
 
