@@ -195,7 +195,12 @@ def _search_setup(search, template: dict, concurrent: int):
 def _final_metric_optuna():
     """OptunaSearch that skips reports without its metric (a trainer may report its objective
     only at its end; the stock class raises KeyError on the earlier reports)."""
+    import optuna
     from ray.tune.search.optuna import OptunaSearch
+
+    # Optuna's INFO line "A new study created in memory" would be the console's only log line
+    # from it; the study is Tune's searcher state, saved and restored with the phase
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     class FinalMetricOptunaSearch(OptunaSearch):
         def on_trial_result(self, trial_id, result):
