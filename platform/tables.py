@@ -499,6 +499,7 @@ def _merged(cells: dict[tuple[str, str], "Cell"]) -> "Cell":
 # ---------------------------------------------------------------- HPO
 
 HPO_SELECT = "val_image_AUROC"   # search_spaces/hpo.py METRIC: held-out train/good, synthetic anomalies
+HPO_TIE_BREAK = "val_pixel_AUROC"   # on the same validation images: the test split never chooses
 HPO_SHOWN = ("val_image_AUROC", "val_pixel_AUROC", "image_AUROC", "pixel_AUROC", "pixel_AP", "image_AP")
 
 
@@ -518,19 +519,27 @@ def hpo_tables(trials: list[Trial]) -> list[Table]:
         if not scored:
             rows[category] = {"trials": len(mine), "stopped early": stopped}
             continue
-        chosen = max(scored, key=lambda t: t.values[HPO_SELECT])
+        # ties on the selection metric are common (a held-out set of a dozen images gives AUROCs
+        # in coarse steps, and many trials reach 100%): the validation pixel AUROC breaks them,
+        # then the run name, so a rebuilt table chooses the same trial
+        chosen = max(sorted(scored, key=lambda t: t.name), key=lambda t: (
+            t.values[HPO_SELECT], t.values[HPO_TIE_BREAK] if isinstance(t.values.get(HPO_TIE_BREAK), float)
+            else -math.inf))
         rows[category] = {
             **{_hpo_header(m): _fmt_value(chosen.values.get(m)) for m in HPO_SHOWN},
-            "trials": len(mine), "stopped early": stopped, "run": chosen.name,
+            "trials": len(mine), "stopped early": stopped,
+            "tied at best": sum(t.values[HPO_SELECT] == chosen.values[HPO_SELECT] for t in scored), "run": chosen.name,
             **{k: f"{float(chosen.params[k]):.3g}" for k in ("lr", "w_l2", "w_ssim", "w_df") if k in chosen.params}}
-    columns = [_hpo_header(m) for m in HPO_SHOWN] + ["trials", "stopped early", "run"]
+    columns = [_hpo_header(m) for m in HPO_SHOWN] + ["trials", "stopped early", "tied at best", "run"]
     frame = pd.DataFrame.from_dict(rows, orient="index")
     frame = frame.reindex(columns=columns + [c for c in frame.columns if c not in columns]).fillna(MISSING)
     frame.index.name = "category"
     notes = [f"Chosen by {HPO_SELECT} (%): the trial's own synthetic anomalies on its held-out share of "
              "train/good (val_fraction, docs/detector.md §5.3); Optuna and ASHA saw nothing else. The test "
              "columns are that trial's test split, measured once at its end and never used to choose. "
-             "Only trials that ran to their end are ranked (ASHA stops some early). "
+             "Only trials that ran to their end are ranked (ASHA stops some early). Ties on "
+             f"{HPO_SELECT} ('tied at best' counts the trials that share the best value) are broken by "
+             f"{HPO_TIE_BREAK}, then by run name. "
              "The validation anomalies are synthetic, so its ranking can differ from the test split's."]
     return [Table("hpo_best", "Best trial per category by validation image AUROC, with its test-split metrics",
                   frame, notes)]

@@ -240,7 +240,22 @@ def test_hpo_table_chooses_by_the_validation_metric_and_reports_the_test_metric_
     assert frame.loc["weave", "run"] == "weave-t1" and frame.loc["weave", "lr"] == "0.0002"
     assert frame.loc["weave", "image_AUROC (val)"] == "80.00" and frame.loc["weave", "image_AUROC (test)"] == "65.00"
     assert frame.loc["weave", "pixel_AUROC (val)"] == "70.00" and frame.loc["weave", "trials"] == 4
-    assert frame.loc["weave", "stopped early"] == 1
+    assert frame.loc["weave", "stopped early"] == 1 and frame.loc["weave", "tied at best"] == 1
     assert frame.loc["bolt", "run"] == "–" and frame.loc["bolt", "image_AUROC (test)"] == "–"
     text = table.markdown()
     assert "optimistic" not in text and "Chosen by val_image_AUROC" in text
+
+
+def test_hpo_table_breaks_ties_on_validation_metrics_then_names(store):
+    """Held-out sets are small, so trials often tie on val_image_AUROC (at 100%, say): the
+    validation pixel AUROC decides, then the run name, whatever order MLflow lists the runs in;
+    the test split never does."""
+    def child(name, val_pixel, test):
+        return {"name": name, "params": {"category": "weave", "group": "row 7", "seed": 0, "lr": 1e-4},
+                "metrics": {"val_image_AUROC": 1.0, "val_pixel_AUROC": val_pixel, "image_AUROC": test, "final": 1}}
+
+    children = [child("weave-t0", 0.80, 0.99), child("weave-t1", 0.90, 0.70), child("weave-t2", 0.90, 0.60)]
+    for order in (children, children[::-1]):
+        [table] = tables.build_and_log(store, make_sweep(store, "hpo", order))
+        assert table.frame.loc["weave", "run"] == "weave-t1" and table.frame.loc["weave", "tied at best"] == 3
+    assert "broken by val_pixel_AUROC, then by run name" in table.markdown()
